@@ -1,0 +1,63 @@
+"""probing: extract transformer activations over a dataset, layer by layer, store them, probe them.
+
+The dataflow: `ModelBackend` (model + tokenizer) -> `ActivationExtractor` (hooks, strategies) ->
+`DatasetRunner` (Lightning engine) -> `Storage` (Zarr, NPZ) -> `open_run` (reader).
+
+Names are imported lazily so that ``python -m probing`` starts fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "ModelBackend": "probing.backend",
+    "BackendModel": "probing.backend",
+    "ActivationExtractor": "probing.extractor",
+    "ActivationBatch": "probing.extractor",
+    "ExtractionStrategy": "probing.strategies",
+    "LastTokenStrategy": "probing.strategies",
+    "MeanStrategy": "probing.strategies",
+    "MaxStrategy": "probing.strategies",
+    "CLSStrategy": "probing.strategies",
+    "CustomStrategy": "probing.strategies",
+    "get_strategy": "probing.strategies",
+    "DatasetRunner": "probing.engine.runner",
+    "RunResult": "probing.engine.runner",
+    "Storage": "probing.storage.base",
+    "RunWriter": "probing.storage.base",
+    "RunReader": "probing.storage.base",
+    "open_run": "probing.storage.base",
+    "ZarrStorage": "probing.storage.zarr_store",
+    "NPZStorage": "probing.storage.npz_store",
+    "TextDataset": "probing.data.sources",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from probing.backend import BackendModel, ModelBackend
+    from probing.data.sources import TextDataset
+    from probing.engine.runner import DatasetRunner, RunResult
+    from probing.extractor import ActivationBatch, ActivationExtractor
+    from probing.storage.base import RunReader, RunWriter, Storage, open_run
+    from probing.storage.npz_store import NPZStorage
+    from probing.storage.zarr_store import ZarrStorage
+    from probing.strategies import (
+        CLSStrategy,
+        CustomStrategy,
+        ExtractionStrategy,
+        LastTokenStrategy,
+        MaxStrategy,
+        MeanStrategy,
+        get_strategy,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'probing' has no attribute {name!r}")

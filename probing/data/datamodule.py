@@ -1,0 +1,136 @@
+"""`ExtractionDataModule`: tokenize, batch (length-bucketed, sharded per rank) and pad dynamically.
+
+Tokenization happens per batch in the collate function (fast tokenizers batch well), so nothing is
+held for the whole dataset but one int per example (its token length, from a first chunked pass that
+also rejects empty examples before any compute starts).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from probing.data.batching import PlannedBatchSampler, plan_batches, shard_ids
+from probing.data.sources import TextDataset
+from probing.errors import DatasetError
+
+log = logging.getLogger(__name__)
+
+
+def token_lengths(dataset: TextDataset, tokenizer: Any, max_length: int, chunk: int = 2048) -> np.ndarray:
+    """Token count of every example after truncation; raises `DatasetError` on examples with none."""
+    lengths = np.zeros(len(dataset), dtype=np.int32)
+    for start in range(0, len(dataset), chunk):
+        enc = tokenizer(dataset.texts(start, min(start + chunk, len(dataset))), truncation=True,
+                        max_length=max_length)["input_ids"]
+        lengths[start : start + len(enc)] = [len(x) for x in enc]
+    empty = np.flatnonzero(lengths == 0)
+    if len(empty):
+        raise DatasetError(
+            f"{len(empty)} example(s) give no tokens at all (first ids: {empty[:5].tolist()}), e.g. empty "
+            "texts with a tokenizer that adds no special tokens. Remove them from the dataset."
+        )
+    return lengths
+
+
+class _IndexedTexts(Dataset[tuple[int, str]]):
+    def __init__(self, dataset: TextDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[int, str]:
+        return index, self.dataset.text(index)
+
+
+class Collator:
+    """Tokenize a list of ``(example_id, text)`` and pad to the longest in the batch."""
+
+    def __init__(self, tokenizer: Any, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def __call__(self, items: list[tuple[int, str]]) -> dict[str, torch.Tensor]:
+        ids = [i for i, _ in items]
+        enc = self.tokenizer([t for _, t in items], padding=True, truncation=True, max_length=self.max_length,
+                             return_tensors="pt")
+        batch = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        batch["example_ids"] = torch.tensor(ids, dtype=torch.long)
+        return batch
+
+
+def effective_max_length(tokenizer: Any, model_config: Any, requested: int | None) -> int:
+    """The truncation length: the requested one, capped at what the model's positions allow."""
+    limits = [v for v in (getattr(model_config, "max_position_embeddings", None),
+                          getattr(model_config, "n_positions", None)) if isinstance(v, int) and v > 0]
+    model_max = min(limits) if limits else None
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_max, int) and 0 < tok_max < 1_000_000:
+        model_max = min(model_max, tok_max) if model_max else tok_max
+    if requested is None:
+        return model_max or 512
+    if model_max is not None and requested > model_max:
+        log.warning("max_length %d exceeds the model's %d positions; using %d", requested, model_max, model_max)
+        return model_max
+    return requested
+
+
+class ExtractionDataModule(pl.LightningDataModule):
+    """Feeds one rank's batches of a `TextDataset` to the extraction module.
+
+    ``done_ids`` (set by the prediction writer before the dataloader is built) are skipped: that is
+    how a resumed run computes only what is missing.
+    """
+
+    def __init__(
+        self,
+        dataset: TextDataset,
+        tokenizer: Any,
+        *,
+        batch_size: int = 32,
+        max_length: int = 512,
+        bucketing: bool = True,
+        max_tokens_per_batch: int | None = None,
+        num_workers: int = 0,
+        lengths: np.ndarray | None = None,
+    ) -> None:
+        super().__init__()
+        self.dataset = dataset
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.bucketing = bucketing
+        self.max_tokens_per_batch = max_tokens_per_batch
+        self.num_workers = num_workers
+        self.lengths = lengths if lengths is not None else token_lengths(dataset, tokenizer, max_length)
+        self.done_ids: np.ndarray = np.zeros(0, dtype=np.int64)
+        self.on_plan: Callable[[list[np.ndarray]], None] | None = None
+
+    def rank_ids(self, rank: int, world_size: int) -> np.ndarray:
+        """The ids this rank still has to extract."""
+        ids = shard_ids(len(self.dataset), rank, world_size)
+        if len(self.done_ids):
+            ids = ids[~np.isin(ids, self.done_ids)]
+        return ids
+
+    def predict_dataloader(self) -> DataLoader[Any]:
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        world = self.trainer.world_size if self.trainer is not None else 1
+        batches = plan_batches(self.rank_ids(rank, world), self.lengths, self.batch_size,
+                               bucketing=self.bucketing, max_tokens_per_batch=self.max_tokens_per_batch)
+        if self.on_plan is not None:
+            self.on_plan(batches)
+        return DataLoader(
+            _IndexedTexts(self.dataset),
+            batch_sampler=PlannedBatchSampler(batches),
+            collate_fn=Collator(self.tokenizer, self.max_length),
+            num_workers=self.num_workers,
+            persistent_workers=False,
+        )

@@ -1,0 +1,33 @@
+"""`ExtractionModule`: a LightningModule whose ``predict_step`` runs the model under the extractor's hooks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from probing.extractor import ActivationExtractor
+
+
+class ExtractionModule(pl.LightningModule):
+    """Wraps an `ActivationExtractor` so that Lightning does device placement, precision and DDP.
+
+    ``predict_step`` returns the batch's example ids, real token counts, padded size and the pooled
+    activations of every requested layer (float32, on the device; the writer copies them out).
+    """
+
+    def __init__(self, extractor: ActivationExtractor) -> None:
+        super().__init__()
+        self.extractor = extractor
+        self.model = extractor.model  # registered as a submodule: Lightning moves it to the device
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        activations = self.extractor.forward(batch)
+        mask = batch["attention_mask"]
+        return {
+            "example_ids": batch["example_ids"],
+            "token_counts": mask.sum(dim=1),
+            "padded_tokens": int(mask.numel()),
+            "activations": activations,
+        }

@@ -1,0 +1,186 @@
+"""`DatasetRunner`: the front of the engine. Validates everything, then runs one `Trainer.predict`.
+
+There is one code path: the Python API and the CLI both end here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import warnings
+from dataclasses import dataclass, field
+from importlib import metadata as importlib_metadata
+from typing import Any
+
+import lightning.pytorch as pl
+
+from probing.data.datamodule import ExtractionDataModule, effective_max_length, token_lengths
+from probing.data.sources import TextDataset
+from probing.engine.module import ExtractionModule
+from probing.engine.writer import RunWriterCallback
+from probing.errors import ConfigError
+from probing.extractor import ActivationExtractor
+from probing.storage.base import RunReader, Storage, new_run_id, open_run, utc_now
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    """What a finished run returns: where it is, and how it went (on rank 0)."""
+
+    run_id: str
+    path: str
+    n_examples: int
+    layers: list[str]
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def open(self) -> RunReader:
+        """Open the run for reading."""
+        return open_run(self.path)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that shape the results."""
+    out = {"python": platform.python_version()}
+    for name in ("probing", "torch", "transformers", "lightning", "zarr", "numpy", "datasets", "hydra-core"):
+        try:
+            out[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _trainer_defaults(extractor: ActivationExtractor) -> dict[str, Any]:
+    dev = extractor.backend.device
+    if dev.type == "cuda":
+        return {"accelerator": "gpu", "devices": [dev.index or 0]}
+    if dev.type == "mps":
+        return {"accelerator": "mps", "devices": 1}
+    return {"accelerator": "cpu", "devices": 1}
+
+
+class DatasetRunner:
+    """Run an extractor over a dataset and stream the activations into storage.
+
+    Args:
+        dataset: a list of strings, an iterable of dicts with a ``text`` field (other fields are
+            stored as per-example metadata), or a ``datasets.Dataset``.
+        batch_size: most examples per batch.
+        extractor: what to capture and how to pool it.
+        storage: where the run goes (`ZarrStorage` by default in the CLI).
+        run_id: the run's name under the storage root (default: time + random, or the SLURM job).
+        max_length: truncation length in tokens (default: the model's limit).
+        bucketing: batch examples of similar length together (less padding; order is restored).
+        max_tokens_per_batch: optional token budget per batch (examples x longest length).
+        resume: continue an interrupted run, computing only the missing examples.
+        trainer: extra `lightning.Trainer` arguments (accelerator, devices, num_nodes, strategy,
+            precision); by default the device the model was loaded on.
+        config: the full configuration to store with the run (the CLI passes its Hydra config).
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        batch_size: int = 32,
+        extractor: ActivationExtractor | None = None,
+        storage: Storage | None = None,
+        *,
+        run_id: str | None = None,
+        text_field: str = "text",
+        max_length: int | None = None,
+        bucketing: bool = True,
+        max_tokens_per_batch: int | None = None,
+        num_workers: int = 0,
+        resume: bool = False,
+        trainer: dict[str, Any] | None = None,
+        progress: bool = True,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        if extractor is None or storage is None:
+            raise ConfigError("DatasetRunner needs an extractor and a storage.")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
+        self.dataset = dataset if isinstance(dataset, TextDataset) else TextDataset(dataset, text_field)
+        self.batch_size = batch_size
+        self.extractor = extractor
+        self.storage = storage
+        self.run_id = run_id or new_run_id()
+        tokenizer = extractor.backend.tokenizer
+        self.max_length = effective_max_length(tokenizer, extractor.model.config, max_length)
+        self.bucketing = bucketing
+        self.max_tokens_per_batch = max_tokens_per_batch
+        self.num_workers = num_workers
+        self.resume = resume
+        self.trainer_kwargs = {**_trainer_defaults(extractor), **(trainer or {})}
+        self.progress = progress
+        self.config = config or {}
+
+    def metadata(self, fingerprint: str) -> dict[str, Any]:
+        """The run metadata stored with the activations."""
+        backend = self.extractor.backend
+        return {
+            "format_version": 1,
+            "model": {
+                "name_or_path": backend.name_or_path,
+                "revision": backend.revision,
+                "model_type": backend.model_type,
+                "dtype": str(backend.dtype).replace("torch.", ""),
+                "is_decoder": backend.is_decoder,
+                "padding_side": getattr(backend.tokenizer, "padding_side", None),
+            },
+            **self.extractor.describe(),
+            "hidden_size": getattr(backend.model.config, "hidden_size", None),
+            "max_length": self.max_length,
+            "batching": {"batch_size": self.batch_size, "bucketing": self.bucketing,
+                         "max_tokens_per_batch": self.max_tokens_per_batch},
+            "dataset": {"n_examples": len(self.dataset), "fingerprint": self.dataset.fingerprint(),
+                        "text_field": self.dataset.text_field, "fields": self.dataset.fields},
+            "trainer": {k: v if isinstance(v, (int, str, float, bool, type(None))) else str(v)
+                        for k, v in self.trainer_kwargs.items()},
+            "versions": package_versions(),
+            "config": self.config,
+            "created": utc_now(),
+        }
+
+    def example_columns(self) -> dict[str, list[Any]]:
+        """Per-example metadata stored at finalize: the text and every other field."""
+        ds = self.dataset
+        cols: dict[str, list[Any]] = {"text": ds.texts()}
+        for f in ds.metadata_fields:
+            cols[f] = ds.column(f)
+        return cols
+
+    def build(self) -> tuple[pl.Trainer, ExtractionModule, ExtractionDataModule, RunWriterCallback]:
+        """Validate and build the Lightning objects (before any compute)."""
+        tokenizer = self.extractor.backend.tokenizer
+        lengths = token_lengths(self.dataset, tokenizer, self.max_length)
+        datamodule = ExtractionDataModule(
+            self.dataset, tokenizer, batch_size=self.batch_size, max_length=self.max_length,
+            bucketing=self.bucketing, max_tokens_per_batch=self.max_tokens_per_batch,
+            num_workers=self.num_workers, lengths=lengths)
+        writer = RunWriterCallback(self.storage, self.run_id, self.metadata(self.dataset.fingerprint()),
+                                   example_metadata=self.example_columns, resume=self.resume)
+        for noisy in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        # our batch sampler returns every index by construction; Lightning cannot know that
+        warnings.filterwarnings("ignore", message=".*custom batch sampler.*")
+        warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
+        trainer = pl.Trainer(
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            use_distributed_sampler=False,  # each rank's share is planned by ExtractionDataModule
+            enable_progress_bar=self.progress,
+            callbacks=[writer],
+            **self.trainer_kwargs,
+        )
+        return trainer, ExtractionModule(self.extractor), datamodule, writer
+
+    def run(self) -> RunResult:
+        """Extract, stream to storage, finalize; return where the run is."""
+        os.environ.setdefault("PROBING_RUN_ID", self.run_id)
+        trainer, module, datamodule, writer = self.build()
+        trainer.predict(module, datamodule=datamodule, return_predictions=False)
+        return RunResult(self.run_id, writer.path, len(self.dataset), self.extractor.layer_keys, writer.stats())

@@ -1,0 +1,120 @@
+"""`RunWriterCallback`: a `BasePredictionWriter` that streams every batch of this rank to storage.
+
+Rank 0 creates (or, with resume, reopens and checks) the run; after a barrier every rank opens its
+own part. Each batch is appended as it arrives (nothing accumulates in memory). At the end every
+rank flushes, and after a barrier rank 0 finalizes: rows in dataset order, per-example metadata, and
+the ``completed`` flag last. On an exception the rank flushes what it has, so a resume keeps it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+from probing.errors import ConfigError
+from probing.storage.base import RunWriter, Storage
+
+log = logging.getLogger(__name__)
+
+
+class RunWriterCallback(BasePredictionWriter):
+    """Streams predictions into ``storage`` under ``run_id``.
+
+    Args:
+        storage: where the run goes.
+        run_id: the run's id (the same on every rank).
+        metadata: run metadata, stored by rank 0.
+        example_metadata: a function returning per-example columns (text, labels), called by
+            rank 0 at finalize only.
+        resume: continue an incomplete run, skipping stored examples.
+    """
+
+    def __init__(self, storage: Storage, run_id: str, metadata: Mapping[str, Any],
+                 example_metadata: Any = None, resume: bool = False) -> None:
+        super().__init__(write_interval="batch")
+        self.storage = storage
+        self.run_id = run_id
+        self.metadata = dict(metadata)
+        self.example_metadata = example_metadata
+        self.resume = resume
+        self.writer: RunWriter | None = None
+        self.examples = 0
+        self.real_tokens = 0
+        self.padded_tokens = 0
+        self.skipped = 0
+        self._t0 = 0.0
+        self.path: str = storage.run_path(run_id)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        rank, world = trainer.global_rank, trainer.world_size
+        if world > 1 and not self.storage.supports_concurrent_writers:
+            raise ConfigError(
+                f"{type(self.storage).__name__} cannot take several writers at once; use the zarr "
+                "storage for multi-process runs, or run on one device."
+            )
+        if rank == 0:
+            self.writer = self.storage.open_run(self.run_id, metadata=self.metadata, rank=0,
+                                                world_size=world, resume=self.resume)
+        trainer.strategy.barrier("probing-open-run")
+        if rank != 0:
+            self.writer = self.storage.open_run(self.run_id, rank=rank, world_size=world)
+        assert self.writer is not None
+        self.path = self.writer.path
+        datamodule = getattr(trainer, "datamodule", None)
+        if self.resume and datamodule is not None:
+            done = self.writer.done_ids()
+            datamodule.done_ids = done
+            self.skipped = len(done)
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._t0 = time.perf_counter()
+
+    def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any,
+                           batch_indices: Sequence[int] | None, batch: Any, batch_idx: int,
+                           dataloader_idx: int = 0) -> None:
+        assert self.writer is not None
+        ids = prediction["example_ids"].cpu().numpy()
+        if batch_indices is not None and len(batch_indices) and not np.array_equal(np.asarray(batch_indices), ids):
+            raise RuntimeError(f"Batch {batch_idx}: sampler indices {list(batch_indices)[:5]}... differ from the "
+                               f"example ids carried in the batch {ids[:5].tolist()}...")
+        counts = prediction["token_counts"].cpu().numpy()
+        acts = {k: v.detach().float().cpu().numpy() for k, v in prediction["activations"].items()}
+        self.writer.append(batch_idx, acts, {"example_ids": ids, "token_counts": counts})
+        self.examples += len(ids)
+        self.real_tokens += int(counts.sum())
+        self.padded_tokens += int(prediction["padded_tokens"])
+
+    def stats(self) -> dict[str, Any]:
+        seconds = max(time.perf_counter() - self._t0, 1e-9) if self._t0 else 0.0
+        return {
+            "examples": self.examples,
+            "skipped_as_done": self.skipped,
+            "seconds": round(seconds, 3),
+            "examples_per_s": round(self.examples / seconds, 1) if seconds else 0.0,
+            "real_tokens_per_s": round(self.real_tokens / seconds, 1) if seconds else 0.0,
+            "real_tokens": self.real_tokens,
+            "padded_tokens": self.padded_tokens,
+            "padding_fraction": round(1 - self.real_tokens / self.padded_tokens, 4) if self.padded_tokens else 0.0,
+        }
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        assert self.writer is not None
+        self.writer.close()
+        trainer.strategy.barrier("probing-ranks-done")
+        if trainer.global_rank == 0:
+            columns = self.example_metadata() if callable(self.example_metadata) else self.example_metadata
+            self.writer.finalize(columns, stats={"rank0": self.stats(), "world_size": trainer.world_size})
+        trainer.strategy.barrier("probing-finalized")
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if self.writer is not None:
+            try:
+                self.writer.close()  # keep every whole row computed so far, for resume
+            except Exception:  # noqa: BLE001 - do not mask the original error
+                log.exception("could not flush the run after an error")

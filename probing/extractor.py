@@ -1,0 +1,196 @@
+"""`ActivationExtractor`: forward hooks on the requested layers, pooled per example, in one pass.
+
+Hooks pool each layer's output as soon as it is produced (only ``[batch, hidden]`` per layer is kept),
+and the forward pass is stopped once every requested layer has fired, so no compute is spent on
+deeper blocks. Hooks exist only inside `ActivationExtractor.hooks()` and are removed on exit, also
+when the forward raises.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from probing.backend import BackendModel
+from probing.errors import ConfigError
+from probing.layers import LayerSelector, ResolvedLayer, num_blocks, parse_layers, resolve_layers
+from probing.strategies import ExtractionStrategy, MeanStrategy
+
+
+class _StopForward(Exception):
+    """Raised by the last hook to fire: everything requested is captured."""
+
+
+@dataclass
+class ActivationBatch:
+    """Pooled activations of one batch: ``activations[key]`` is ``[batch, dim]`` float32."""
+
+    activations: dict[str, np.ndarray]
+    example_ids: np.ndarray
+    token_counts: np.ndarray
+
+
+def _hidden_of(output: Any) -> torch.Tensor:
+    """The hidden-state tensor of a module output: a tensor, a tuple or a ModelOutput."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, Mapping):
+        for key in ("last_hidden_state", "hidden_states"):
+            if isinstance(output.get(key), torch.Tensor):
+                return output[key]
+        output = tuple(output.values())
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise ConfigError(f"Cannot find a hidden-state tensor in a module output of type {type(output).__name__}.")
+
+
+class ActivationExtractor:
+    """Capture pooled activations of several layers of a `BackendModel` in one forward pass.
+
+    Args:
+        model: the loaded model (`ModelBackend.load_model`).
+        layers: selectors: block index (negative from the end), ``"embeddings"``, a module name, a
+            module, ``"all"`` or a range string ``"0:6:2"``.
+        strategy: how token states become one vector per example (default: `MeanStrategy`).
+        early_stop: stop the forward pass once all requested layers have been captured.
+    """
+
+    def __init__(
+        self,
+        model: BackendModel,
+        layers: Sequence[LayerSelector] | LayerSelector = (-1,),
+        strategy: ExtractionStrategy | None = None,
+        *,
+        early_stop: bool = True,
+    ) -> None:
+        self.backend = model
+        self.strategy = strategy if strategy is not None else MeanStrategy()
+        if not isinstance(self.strategy, ExtractionStrategy):
+            raise ConfigError(f"strategy must be an ExtractionStrategy, got {type(self.strategy).__name__}.")
+        self.n_blocks = num_blocks(model.model)
+        self.selectors = parse_layers(layers, self.n_blocks)
+        self.layers: list[ResolvedLayer] = resolve_layers(model.model, self.selectors)
+        self.strategy.validate(model.model, model.is_decoder)
+        self.early_stop = early_stop
+        self._forward_params = set(inspect.signature(model.model.forward).parameters)
+        self._mask: torch.Tensor | None = None
+        self._captured: dict[str, torch.Tensor] = {}
+        self._active = False
+
+    # -- public API ---------------------------------------------------------------------------
+    @property
+    def layer_keys(self) -> list[str]:
+        """The storage keys of the resolved layers, in request order."""
+        return [layer.key for layer in self.layers]
+
+    @property
+    def model(self) -> nn.Module:
+        return self.backend.model
+
+    @contextmanager
+    def hooks(self) -> Iterator[ActivationExtractor]:
+        """Register the hooks for the duration of the ``with`` block; always removed on exit."""
+        if self._active:
+            yield self
+            return
+        handles = []
+        try:
+            for layer in self.layers:
+                if layer.capture == "input":
+                    handles.append(layer.module.register_forward_pre_hook(self._make_pre_hook(layer), with_kwargs=True))
+                else:
+                    handles.append(layer.module.register_forward_hook(self._make_hook(layer)))
+            self._active = True
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+            self._active = False
+            self._captured = {}
+            self._mask = None
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Run the model on a tokenized batch (on the model's device) and return pooled activations.
+
+        ``batch`` holds ``input_ids`` and ``attention_mask`` (and optionally ``token_type_ids``);
+        the result maps each layer key to a float32 ``[batch, dim]`` tensor on the same device.
+        """
+        mask = batch["attention_mask"]
+        inputs: dict[str, Any] = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")
+                                  and k in self._forward_params}
+        if "position_ids" in self._forward_params and bool((mask[:, 0] == 0).any()):
+            # left padding: positions must count real tokens only, or absolute positions shift
+            inputs["position_ids"] = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
+        if "use_cache" in self._forward_params:
+            inputs["use_cache"] = False
+        with self.hooks():
+            self._mask = mask.bool()
+            self._captured = {}
+            try:
+                self.model(**inputs)
+            except _StopForward:
+                pass
+            missing = [k for k in self.layer_keys if k not in self._captured]
+            if missing:
+                raise ConfigError(
+                    f"Layers {missing} were not reached in the forward pass; they are not used by "
+                    f"{type(self.model).__name__}.forward. Select other modules."
+                )
+            return {k: self._captured[k] for k in self.layer_keys}
+
+    def extract(self, inputs: Sequence[str] | Mapping[str, torch.Tensor]) -> ActivationBatch:
+        """Tokenize (if given strings), run, pool: the seed's ``extract(inputs) -> ActivationBatch``."""
+        if isinstance(inputs, Mapping):
+            batch = dict(inputs)
+        else:
+            texts = [inputs] if isinstance(inputs, str) else list(inputs)
+            batch = dict(self.backend.tokenizer(texts, padding=True, truncation=True, return_tensors="pt"))
+        batch = {k: v.to(self.backend.device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        with torch.inference_mode():
+            acts = self.forward(batch)
+        counts = batch["attention_mask"].sum(dim=1).cpu().numpy()
+        return ActivationBatch(
+            activations={k: v.float().cpu().numpy() for k, v in acts.items()},
+            example_ids=np.arange(len(counts)),
+            token_counts=counts,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """What goes into run metadata."""
+        return {
+            "layers": self.layer_keys,
+            "layer_modules": {layer.key: layer.module_name for layer in self.layers},
+            "selectors": [s if isinstance(s, (int, str)) else type(s).__name__ for s in self.selectors],
+            "num_blocks": self.n_blocks,
+            "strategy": self.strategy.describe(),
+            "early_stop": self.early_stop,
+        }
+
+    # -- hooks ----------------------------------------------------------------------------------
+    def _store(self, key: str, hidden: torch.Tensor) -> None:
+        assert self._mask is not None
+        self._captured[key] = self.strategy.pool(hidden.float(), self._mask).float()
+        if self.early_stop and len(self._captured) == len(self.layers):
+            raise _StopForward
+
+    def _make_hook(self, layer: ResolvedLayer) -> Any:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            self._store(layer.key, _hidden_of(output))
+
+        return hook
+
+    def _make_pre_hook(self, layer: ResolvedLayer) -> Any:
+        def pre_hook(module: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
+            hidden = args[0] if args else kwargs.get("hidden_states", kwargs.get("x"))
+            if not isinstance(hidden, torch.Tensor):
+                raise ConfigError(f"Cannot read the embeddings from the input of {layer.module_name}.")
+            self._store(layer.key, hidden)
+
+        return pre_hook

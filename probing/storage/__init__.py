@@ -1,0 +1,17 @@
+"""Pluggable storage of runs: writers (`Storage.open_run(run_id) -> RunWriter`) and one reader (`open_run`)."""
+
+from probing.storage.base import RunReader, RunWriter, Storage, open_run
+from probing.storage.npz_store import NPZStorage
+from probing.storage.zarr_store import ZarrStorage
+
+__all__ = ["NPZStorage", "RunReader", "RunWriter", "Storage", "ZarrStorage", "open_run", "get_storage"]
+
+
+def get_storage(backend: str, root: str, **options: object) -> Storage:
+    """Build a storage backend by name (``zarr``, ``npz``)."""
+    from probing.errors import ConfigError
+
+    backends: dict[str, type[Storage]] = {"zarr": ZarrStorage, "npz": NPZStorage}
+    if backend not in backends:
+        raise ConfigError(f"Unknown storage backend {backend!r}; expected one of {sorted(backends)}.")
+    return backends[backend](root, **options)  # type: ignore[arg-type]
