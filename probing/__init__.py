@@ -36,7 +36,28 @@ _EXPORTS = {
     "TextDataset": "probing.data.sources",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "ActivationBatch",
+    "ActivationExtractor",
+    "BackendModel",
+    "CLSStrategy",
+    "CustomStrategy",
+    "DatasetRunner",
+    "ExtractionStrategy",
+    "LastTokenStrategy",
+    "MaxStrategy",
+    "MeanStrategy",
+    "ModelBackend",
+    "NPZStorage",
+    "RunReader",
+    "RunResult",
+    "RunWriter",
+    "Storage",
+    "TextDataset",
+    "ZarrStorage",
+    "get_strategy",
+    "open_run",
+]
 
 if TYPE_CHECKING:
     from probing.backend import BackendModel, ModelBackend

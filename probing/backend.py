@@ -6,6 +6,7 @@ model's and no compute is spent on a language-model head. The dtype is always ex
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -126,8 +127,27 @@ def _is_decoder(config: Any) -> bool:
     archs = getattr(config, "architectures", None) or []
     if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
         return True
-    decoder_types = {"gpt2", "gpt_neo", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3", "phi",
-                     "phi3", "gemma", "gemma2", "gemma3", "olmo", "olmo2", "opt", "bloom", "falcon", "smollm3"}
+    decoder_types = {
+        "gpt2",
+        "gpt_neo",
+        "gpt_neox",
+        "gptj",
+        "llama",
+        "mistral",
+        "qwen2",
+        "qwen3",
+        "phi",
+        "phi3",
+        "gemma",
+        "gemma2",
+        "gemma3",
+        "olmo",
+        "olmo2",
+        "opt",
+        "bloom",
+        "falcon",
+        "smollm3",
+    }
     return getattr(config, "model_type", "") in decoder_types or bool(getattr(config, "is_decoder", False))
 
 
@@ -177,10 +197,8 @@ class ModelBackend:
             raise ConfigError(f"padding_side must be 'left' or 'right', got {padding_side!r}.")
         name = os.fspath(model_name)
         if name in EMBEDDED_MODELS and not Path(name).is_dir():
-            try:
+            with contextlib.suppress(ImportError):  # not installed: fall through to the hub / cache
                 name = EMBEDDED_MODELS[name]()
-            except ImportError:
-                pass  # not installed: fall through to the hub / cache
         is_local = Path(name).expanduser().is_dir()
         if not is_local and name.startswith((".", "/", "~")):
             raise ModelLoadError(f"Model folder {name!r} does not exist.")
@@ -189,6 +207,8 @@ class ModelBackend:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # "load report" tables about the unused LM head are noise here
         kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
         if gguf_file:
             kwargs["gguf_file"] = gguf_file
@@ -213,6 +233,8 @@ class ModelBackend:
                 "folder holding config.json, the weights and the tokenizer instead, e.g. "
                 f"`model.name_or_path=/path/to/folder` or `load_model('/path/to/folder')`. ({exc})"
             ) from exc
+        finally:
+            hf_logging.set_verbosity(verbosity)
         _ensure_pad_token(tokenizer, name)
         if padding_side is not None:
             tokenizer.padding_side = padding_side
@@ -223,9 +245,9 @@ class ModelBackend:
             model=model,
             tokenizer=tokenizer,
             device=dev,
-            name_or_path=name,
+            name_or_path=os.fspath(model_name),
             is_decoder=_is_decoder(config),
             revision=revision or getattr(config, "_commit_hash", None),
             dtype=torch_dtype,
-            extra={"gguf_file": gguf_file} if gguf_file else {},
+            extra={"resolved_path": path, **({"gguf_file": gguf_file} if gguf_file else {})},
         )

@@ -8,6 +8,7 @@ when the forward raises.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -123,8 +124,11 @@ class ActivationExtractor:
         the result maps each layer key to a float32 ``[batch, dim]`` tensor on the same device.
         """
         mask = batch["attention_mask"]
-        inputs: dict[str, Any] = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")
-                                  and k in self._forward_params}
+        inputs: dict[str, Any] = {
+            k: v
+            for k, v in batch.items()
+            if k in ("input_ids", "attention_mask", "token_type_ids") and k in self._forward_params
+        }
         if "position_ids" in self._forward_params and bool((mask[:, 0] == 0).any()):
             # left padding: positions must count real tokens only, or absolute positions shift
             inputs["position_ids"] = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
@@ -133,10 +137,8 @@ class ActivationExtractor:
         with self.hooks():
             self._mask = mask.bool()
             self._captured = {}
-            try:
+            with contextlib.suppress(_StopForward):
                 self.model(**inputs)
-            except _StopForward:
-                pass
             missing = [k for k in self.layer_keys if k not in self._captured]
             if missing:
                 raise ConfigError(

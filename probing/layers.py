@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Union
 
 from torch import nn
 
 from probing.errors import LayerNotFoundError, close_matches
 
-LayerSelector = Union[int, str, nn.Module]
+LayerSelector = int | str | nn.Module
 
 # Where the list of transformer blocks lives, relative to the bare model (AutoModel) or a model with a
 # head. First match wins; `find_block_list` falls back to the longest ModuleList of identical blocks.
@@ -62,9 +61,9 @@ def find_block_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
             return path, mod
     best: tuple[str, nn.ModuleList] | None = None
     for name, mod in modules.items():
-        if isinstance(mod, nn.ModuleList) and len(mod) > 0 and len({type(m) for m in mod}) == 1:
-            if best is None or len(mod) > len(best[1]):
-                best = (name, mod)
+        uniform = isinstance(mod, nn.ModuleList) and len(mod) > 0 and len({type(m) for m in mod}) == 1
+        if uniform and (best is None or len(mod) > len(best[1])):
+            best = (name, mod)  # type: ignore[assignment]
     if best is None:
         raise LayerNotFoundError(
             f"Could not find the list of transformer blocks in {type(model).__name__}. Select layers by "

@@ -182,7 +182,6 @@ def get_strategy(name: str, **kwargs: Any) -> ExtractionStrategy:
         cls = STRATEGIES[name]
     except KeyError:
         raise ConfigError(
-            f"Unknown strategy {name!r}; expected one of {sorted(STRATEGIES)} "
-            "(or pass a CustomStrategy in Python)."
+            f"Unknown strategy {name!r}; expected one of {sorted(STRATEGIES)} (or pass a CustomStrategy in Python)."
         ) from None
     return cls(**kwargs)

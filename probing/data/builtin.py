@@ -16,19 +16,35 @@ import random
 from typing import Any
 
 SUBJECTS = [
-    ("the teacher", "the teachers"), ("my neighbor", "my neighbors"), ("the child", "the children"),
-    ("the doctor", "the doctors"), ("a student", "some students"), ("the manager", "the managers"),
-    ("our pilot", "our pilots"), ("the artist", "the artists"), ("his cousin", "his cousins"),
-    ("the farmer", "the farmers"), ("the old man", "the old men"), ("the woman", "the women"),
-    ("the critic", "the critics"), ("her friend", "her friends"), ("the nurse", "the nurses"),
+    ("the teacher", "the teachers"),
+    ("my neighbor", "my neighbors"),
+    ("the child", "the children"),
+    ("the doctor", "the doctors"),
+    ("a student", "some students"),
+    ("the manager", "the managers"),
+    ("our pilot", "our pilots"),
+    ("the artist", "the artists"),
+    ("his cousin", "his cousins"),
+    ("the farmer", "the farmers"),
+    ("the old man", "the old men"),
+    ("the woman", "the women"),
+    ("the critic", "the critics"),
+    ("her friend", "her friends"),
+    ("the nurse", "the nurses"),
     ("the engineer", "the engineers"),
 ]
 # lemma, 3rd person singular present, past
 VERBS = [
-    ("enjoy", "enjoys", "enjoyed"), ("like", "likes", "liked"), ("love", "loves", "loved"),
-    ("recommend", "recommends", "recommended"), ("praise", "praises", "praised"),
-    ("describe", "describes", "described"), ("remember", "remembers", "remembered"),
-    ("watch", "watches", "watched"), ("review", "reviews", "reviewed"), ("discuss", "discusses", "discussed"),
+    ("enjoy", "enjoys", "enjoyed"),
+    ("like", "likes", "liked"),
+    ("love", "loves", "loved"),
+    ("recommend", "recommends", "recommended"),
+    ("praise", "praises", "praised"),
+    ("describe", "describes", "described"),
+    ("remember", "remembers", "remembered"),
+    ("watch", "watches", "watched"),
+    ("review", "reviews", "reviewed"),
+    ("discuss", "discusses", "discussed"),
 ]
 POSITIVE = ["wonderful", "delightful", "brilliant", "charming", "excellent", "lovely", "superb", "pleasant"]
 NEGATIVE = ["terrible", "awful", "boring", "dreadful", "horrible", "dull", "miserable", "disappointing"]
@@ -65,12 +81,14 @@ def generate(n_examples: int = 3000, seed: int = 0) -> list[dict[str, Any]]:
         verb = _verb_phrase(rng.choice(VERBS), tense, plural, negated)
         adjective = rng.choice(POSITIVE if positive else NEGATIVE)
         text = f"{subject} {verb} the {adjective} {rng.choice(OBJECTS)} {rng.choice(ADVERBS[tense])}."
-        out.append({
-            "text": text[0].upper() + text[1:],
-            "tense": tense,
-            "number": "plural" if plural else "singular",
-            "negation": int(negated),
-            "sentiment": "positive" if positive != negated else "negative",
-            "split": "test" if i % 5 == 4 else "train",
-        })
+        out.append(
+            {
+                "text": text[0].upper() + text[1:],
+                "tense": tense,
+                "number": "plural" if plural else "singular",
+                "negation": int(negated),
+                "sentiment": "positive" if positive != negated else "negative",
+                "split": "test" if i % 5 == 4 else "train",
+            }
+        )
     return out

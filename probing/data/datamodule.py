@@ -27,8 +27,9 @@ def token_lengths(dataset: TextDataset, tokenizer: Any, max_length: int, chunk: 
     """Token count of every example after truncation; raises `DatasetError` on examples with none."""
     lengths = np.zeros(len(dataset), dtype=np.int32)
     for start in range(0, len(dataset), chunk):
-        enc = tokenizer(dataset.texts(start, min(start + chunk, len(dataset))), truncation=True,
-                        max_length=max_length)["input_ids"]
+        enc = tokenizer(dataset.texts(start, min(start + chunk, len(dataset))), truncation=True, max_length=max_length)[
+            "input_ids"
+        ]
         lengths[start : start + len(enc)] = [len(x) for x in enc]
     empty = np.flatnonzero(lengths == 0)
     if len(empty):
@@ -59,8 +60,9 @@ class Collator:
 
     def __call__(self, items: list[tuple[int, str]]) -> dict[str, torch.Tensor]:
         ids = [i for i, _ in items]
-        enc = self.tokenizer([t for _, t in items], padding=True, truncation=True, max_length=self.max_length,
-                             return_tensors="pt")
+        enc = self.tokenizer(
+            [t for _, t in items], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
         batch = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
         batch["example_ids"] = torch.tensor(ids, dtype=torch.long)
         return batch
@@ -68,8 +70,11 @@ class Collator:
 
 def effective_max_length(tokenizer: Any, model_config: Any, requested: int | None) -> int:
     """The truncation length: the requested one, capped at what the model's positions allow."""
-    limits = [v for v in (getattr(model_config, "max_position_embeddings", None),
-                          getattr(model_config, "n_positions", None)) if isinstance(v, int) and v > 0]
+    limits = [
+        v
+        for v in (getattr(model_config, "max_position_embeddings", None), getattr(model_config, "n_positions", None))
+        if isinstance(v, int) and v > 0
+    ]
     model_max = min(limits) if limits else None
     tok_max = getattr(tokenizer, "model_max_length", None)
     if isinstance(tok_max, int) and 0 < tok_max < 1_000_000:
@@ -123,8 +128,13 @@ class ExtractionDataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> DataLoader[Any]:
         rank = self.trainer.global_rank if self.trainer is not None else 0
         world = self.trainer.world_size if self.trainer is not None else 1
-        batches = plan_batches(self.rank_ids(rank, world), self.lengths, self.batch_size,
-                               bucketing=self.bucketing, max_tokens_per_batch=self.max_tokens_per_batch)
+        batches = plan_batches(
+            self.rank_ids(rank, world),
+            self.lengths,
+            self.batch_size,
+            bucketing=self.bucketing,
+            max_tokens_per_batch=self.max_tokens_per_batch,
+        )
         if self.on_plan is not None:
             self.on_plan(batches)
         return DataLoader(

@@ -46,8 +46,7 @@ class TextDataset(Sequence[dict[str, Any]]):
                 records.append(dict(item))
             else:
                 raise DatasetError(
-                    f"Example {i} is a {type(item).__name__}; expected a str or a dict with a "
-                    f"{text_field!r} field."
+                    f"Example {i} is a {type(item).__name__}; expected a str or a dict with a {text_field!r} field."
                 )
         self._records = records
         fields: list[str] = [text_field]

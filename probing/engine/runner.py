@@ -35,6 +35,7 @@ class RunResult:
     n_examples: int
     layers: list[str]
     stats: dict[str, Any] = field(default_factory=dict)
+    global_rank: int = 0
 
     def open(self) -> RunReader:
         """Open the run for reading."""
@@ -133,12 +134,21 @@ class DatasetRunner:
             **self.extractor.describe(),
             "hidden_size": getattr(backend.model.config, "hidden_size", None),
             "max_length": self.max_length,
-            "batching": {"batch_size": self.batch_size, "bucketing": self.bucketing,
-                         "max_tokens_per_batch": self.max_tokens_per_batch},
-            "dataset": {"n_examples": len(self.dataset), "fingerprint": self.dataset.fingerprint(),
-                        "text_field": self.dataset.text_field, "fields": self.dataset.fields},
-            "trainer": {k: v if isinstance(v, (int, str, float, bool, type(None))) else str(v)
-                        for k, v in self.trainer_kwargs.items()},
+            "batching": {
+                "batch_size": self.batch_size,
+                "bucketing": self.bucketing,
+                "max_tokens_per_batch": self.max_tokens_per_batch,
+            },
+            "dataset": {
+                "n_examples": len(self.dataset),
+                "fingerprint": self.dataset.fingerprint(),
+                "text_field": self.dataset.text_field,
+                "fields": self.dataset.fields,
+            },
+            "trainer": {
+                k: v if isinstance(v, (int, str, float, bool, type(None))) else str(v)
+                for k, v in self.trainer_kwargs.items()
+            },
             "versions": package_versions(),
             "config": self.config,
             "created": utc_now(),
@@ -157,15 +167,27 @@ class DatasetRunner:
         tokenizer = self.extractor.backend.tokenizer
         lengths = token_lengths(self.dataset, tokenizer, self.max_length)
         datamodule = ExtractionDataModule(
-            self.dataset, tokenizer, batch_size=self.batch_size, max_length=self.max_length,
-            bucketing=self.bucketing, max_tokens_per_batch=self.max_tokens_per_batch,
-            num_workers=self.num_workers, lengths=lengths)
-        writer = RunWriterCallback(self.storage, self.run_id, self.metadata(self.dataset.fingerprint()),
-                                   example_metadata=self.example_columns, resume=self.resume)
+            self.dataset,
+            tokenizer,
+            batch_size=self.batch_size,
+            max_length=self.max_length,
+            bucketing=self.bucketing,
+            max_tokens_per_batch=self.max_tokens_per_batch,
+            num_workers=self.num_workers,
+            lengths=lengths,
+        )
+        writer = RunWriterCallback(
+            self.storage,
+            self.run_id,
+            self.metadata(self.dataset.fingerprint()),
+            example_metadata=self.example_columns,
+            resume=self.resume,
+        )
         for noisy in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
         # our batch sampler returns every index by construction; Lightning cannot know that
         warnings.filterwarnings("ignore", message=".*custom batch sampler.*")
+        warnings.filterwarnings("ignore", message=".*Total length of `DataLoader` across ranks is zero.*")
         warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
         trainer = pl.Trainer(
             logger=False,
@@ -183,4 +205,7 @@ class DatasetRunner:
         os.environ.setdefault("PROBING_RUN_ID", self.run_id)
         trainer, module, datamodule, writer = self.build()
         trainer.predict(module, datamodule=datamodule, return_predictions=False)
-        return RunResult(self.run_id, writer.path, len(self.dataset), self.extractor.layer_keys, writer.stats())
+        writer.finish(trainer)
+        return RunResult(
+            self.run_id, writer.path, len(self.dataset), self.extractor.layer_keys, writer.stats(), trainer.global_rank
+        )

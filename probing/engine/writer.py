@@ -2,7 +2,8 @@
 
 Rank 0 creates (or, with resume, reopens and checks) the run; after a barrier every rank opens its
 own part. Each batch is appended as it arrives (nothing accumulates in memory). At the end every
-rank flushes, and after a barrier rank 0 finalizes: rows in dataset order, per-example metadata, and
+rank flushes (`finish`, called by the runner after ``predict``), and after a barrier rank 0
+finalizes: rows in dataset order, per-example metadata, and
 the ``completed`` flag last. On an exception the rank flushes what it has, so a resume keeps it.
 """
 
@@ -35,8 +36,14 @@ class RunWriterCallback(BasePredictionWriter):
         resume: continue an incomplete run, skipping stored examples.
     """
 
-    def __init__(self, storage: Storage, run_id: str, metadata: Mapping[str, Any],
-                 example_metadata: Any = None, resume: bool = False) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        run_id: str,
+        metadata: Mapping[str, Any],
+        example_metadata: Any = None,
+        resume: bool = False,
+    ) -> None:
         super().__init__(write_interval="batch")
         self.storage = storage
         self.run_id = run_id
@@ -59,8 +66,9 @@ class RunWriterCallback(BasePredictionWriter):
                 "storage for multi-process runs, or run on one device."
             )
         if rank == 0:
-            self.writer = self.storage.open_run(self.run_id, metadata=self.metadata, rank=0,
-                                                world_size=world, resume=self.resume)
+            self.writer = self.storage.open_run(
+                self.run_id, metadata=self.metadata, rank=0, world_size=world, resume=self.resume
+            )
         trainer.strategy.barrier("probing-open-run")
         if rank != 0:
             self.writer = self.storage.open_run(self.run_id, rank=rank, world_size=world)
@@ -75,14 +83,23 @@ class RunWriterCallback(BasePredictionWriter):
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._t0 = time.perf_counter()
 
-    def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any,
-                           batch_indices: Sequence[int] | None, batch: Any, batch_idx: int,
-                           dataloader_idx: int = 0) -> None:
+    def write_on_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        prediction: Any,
+        batch_indices: Sequence[int] | None,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         assert self.writer is not None
         ids = prediction["example_ids"].cpu().numpy()
         if batch_indices is not None and len(batch_indices) and not np.array_equal(np.asarray(batch_indices), ids):
-            raise RuntimeError(f"Batch {batch_idx}: sampler indices {list(batch_indices)[:5]}... differ from the "
-                               f"example ids carried in the batch {ids[:5].tolist()}...")
+            raise RuntimeError(
+                f"Batch {batch_idx}: sampler indices {list(batch_indices)[:5]}... differ from the "
+                f"example ids carried in the batch {ids[:5].tolist()}..."
+            )
         counts = prediction["token_counts"].cpu().numpy()
         acts = {k: v.detach().float().cpu().numpy() for k, v in prediction["activations"].items()}
         self.writer.append(batch_idx, acts, {"example_ids": ids, "token_counts": counts})
@@ -103,7 +120,12 @@ class RunWriterCallback(BasePredictionWriter):
             "padding_fraction": round(1 - self.real_tokens / self.padded_tokens, 4) if self.padded_tokens else 0.0,
         }
 
-    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def finish(self, trainer: pl.Trainer) -> None:
+        """After ``predict`` returned on every rank: flush, wait for all ranks, rank 0 finalizes.
+
+        Not a predict hook: Lightning skips the predict hooks on a rank with no batches (N < world
+        size, or a resume with nothing left), and every rank must reach the barriers.
+        """
         assert self.writer is not None
         self.writer.close()
         trainer.strategy.barrier("probing-ranks-done")

@@ -68,7 +68,8 @@ def check_resume(old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
             diffs.append(f"{'.'.join(path)}: stored {a!r}, now {b!r}")
     if diffs:
         raise ResumeMismatchError(
-            "Cannot resume: the run was started with other settings:\n  " + "\n  ".join(diffs)
+            "Cannot resume: the run was started with other settings:\n  "
+            + "\n  ".join(diffs)
             + "\nResume with the original settings, or write a new run (another run_id or output folder)."
         )
 
@@ -120,8 +121,9 @@ class RunWriter(ABC):
         """Ids of the examples already stored by any rank and attempt (what a resume skips)."""
 
     @abstractmethod
-    def finalize(self, example_metadata: Mapping[str, Sequence[Any]] | None = None, *,
-                 stats: Mapping[str, Any] | None = None) -> None:
+    def finalize(
+        self, example_metadata: Mapping[str, Sequence[Any]] | None = None, *, stats: Mapping[str, Any] | None = None
+    ) -> None:
         """Order the rows by example id, store per-example metadata, and mark the run completed.
 
         Call once, from one process, after every rank has closed. Raises if any example is missing.
@@ -196,9 +198,12 @@ class RunReader(ABC):
                 return str(key)
         n = self.metadata.get("num_blocks")
         index: int | None = None
-        if isinstance(layer, (int, np.integer)) and not isinstance(layer, bool):
-            index = int(layer)
-        elif isinstance(layer, str) and layer.lstrip("-").isdigit():
+        if (
+            isinstance(layer, (int, np.integer))
+            and not isinstance(layer, bool)
+            or isinstance(layer, str)
+            and layer.lstrip("-").isdigit()
+        ):
             index = int(layer)
         if index is not None and n:
             key = f"blocks.{index % n}" if -n <= index < n else None

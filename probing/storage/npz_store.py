@@ -88,8 +88,13 @@ class NPZStorage(Storage):
                 if path.exists() and any(path.iterdir()):
                     raise ConfigError(f"{path} exists and is not a probing run; choose another run_id or folder.")
                 (path / "parts").mkdir(parents=True, exist_ok=True)
-                meta.update(format="probing-npz", run_id=run_id, completed=False, attempts=0,
-                            created=meta.get("created", utc_now()))
+                meta.update(
+                    format="probing-npz",
+                    run_id=run_id,
+                    completed=False,
+                    attempts=0,
+                    created=meta.get("created", utc_now()),
+                )
             _write_json(meta_file, meta)
         else:
             meta = json.loads(meta_file.read_text())
@@ -99,8 +104,9 @@ class NPZStorage(Storage):
 class NPZRunWriter(RunWriter):
     """Writes each batch to its own file (atomically renamed), merged by `finalize`."""
 
-    def __init__(self, storage: NPZStorage, run_id: str, path: Path, meta: dict[str, Any], *,
-                 rank: int, world_size: int) -> None:
+    def __init__(
+        self, storage: NPZStorage, run_id: str, path: Path, meta: dict[str, Any], *, rank: int, world_size: int
+    ) -> None:
         self.storage = storage
         self.run_id = run_id
         self.path = str(path)
@@ -138,8 +144,9 @@ class NPZRunWriter(RunWriter):
         found = [np.load(f)["ids"] for f in self._files()]
         return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
 
-    def finalize(self, example_metadata: Mapping[str, Sequence[Any]] | None = None, *,
-                 stats: Mapping[str, Any] | None = None) -> None:
+    def finalize(
+        self, example_metadata: Mapping[str, Sequence[Any]] | None = None, *, stats: Mapping[str, Any] | None = None
+    ) -> None:
         meta_file = self._root / "metadata.json"
         meta = json.loads(meta_file.read_text())
         keys = list(meta.get("layers") or self._keys)

@@ -109,8 +109,13 @@ class ZarrStorage(Storage):
         return int(2 ** int(np.log2(rows)))
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": "zarr", "dtype": str(self.dtype), "chunk_rows": self.chunk_rows,
-                "compressor": self.compressor, "compression_level": self.compression_level}
+        return {
+            "backend": "zarr",
+            "dtype": str(self.dtype),
+            "chunk_rows": self.chunk_rows,
+            "compressor": self.compressor,
+            "compression_level": self.compression_level,
+        }
 
     def open_run(
         self,
@@ -129,7 +134,7 @@ class ZarrStorage(Storage):
         meta.setdefault("storage", self.describe())
         if rank == 0:
             if is_zarr_run(Path(path)):
-                group = zarr.open_group(path, mode="r+")
+                group: Any = zarr.open_group(path, mode="r+")
                 old = dict(group.attrs["probing"])
                 check_can_write(path, bool(old.get("completed")), resume)
                 if metadata is not None:
@@ -154,8 +159,17 @@ class ZarrStorage(Storage):
 class ZarrRunWriter(RunWriter):
     """Buffers one rank's rows and writes them as whole chunks of its own part arrays."""
 
-    def __init__(self, storage: ZarrStorage, run_id: str, path: str, group: Any, meta: dict[str, Any],
-                 *, rank: int, world_size: int) -> None:
+    def __init__(
+        self,
+        storage: ZarrStorage,
+        run_id: str,
+        path: str,
+        group: Any,
+        meta: dict[str, Any],
+        *,
+        rank: int,
+        world_size: int,
+    ) -> None:
         self.storage = storage
         self.run_id = run_id
         self.path = path
@@ -196,9 +210,15 @@ class ZarrRunWriter(RunWriter):
         if arr is None:
             assert self._chunk_rows is not None
             arr = self.part.create_array(
-                name, shape=(0, *shape), chunks=(self._chunk_rows, *shape), dtype=dtype,
+                name,
+                shape=(0, *shape),
+                chunks=(self._chunk_rows, *shape),
+                dtype=dtype,
                 compressors=_compressors(self.storage.compressor, self.storage.compression_level)
-                if len(shape) else None, overwrite=True)
+                if len(shape)
+                else None,
+                overwrite=True,
+            )
             self._arrays[name] = arr
         return arr
 
@@ -230,8 +250,9 @@ class ZarrRunWriter(RunWriter):
         found = [p["ids"][:] for p in self._parts() if "ids" in p]
         return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
 
-    def finalize(self, example_metadata: Mapping[str, Sequence[Any]] | None = None, *,
-                 stats: Mapping[str, Any] | None = None) -> None:
+    def finalize(
+        self, example_metadata: Mapping[str, Sequence[Any]] | None = None, *, stats: Mapping[str, Any] | None = None
+    ) -> None:
         self.close()
         meta = dict(self.group.attrs["probing"])
         keys = list(meta.get("layers") or self._keys)
@@ -266,10 +287,17 @@ class ZarrRunWriter(RunWriter):
 
     def _merge(self, out: Any, key: str, dim: int, n: int, parts: list[Any], ids_of: dict[str, np.ndarray]) -> None:
         chunk = self.storage.rows_per_chunk(dim)
-        arr = out.create_array(key, shape=(n, dim), chunks=(max(1, min(chunk, n)), dim), dtype=self.storage.dtype,
-                               compressors=_compressors(self.storage.compressor, self.storage.compression_level),
-                               overwrite=True)
-        block = max(chunk, (self.storage.merge_block_bytes // max(1, dim * self.storage.dtype.itemsize)) // chunk * chunk)
+        arr = out.create_array(
+            key,
+            shape=(n, dim),
+            chunks=(max(1, min(chunk, n)), dim),
+            dtype=self.storage.dtype,
+            compressors=_compressors(self.storage.compressor, self.storage.compression_level),
+            overwrite=True,
+        )
+        block = max(
+            chunk, (self.storage.merge_block_bytes // max(1, dim * self.storage.dtype.itemsize)) // chunk * chunk
+        )
         for b0 in range(0, n, block):
             b1 = min(n, b0 + block)
             buf = np.empty((b1 - b0, dim), dtype=self.storage.dtype)
@@ -319,8 +347,8 @@ class ZarrRunReader(RunReader):
         import zarr
 
         self.path = path
-        self.group = zarr.open_group(path, mode="r")
-        self.metadata = dict(self.group.attrs["probing"])
+        self.group: Any = zarr.open_group(path, mode="r")
+        self.metadata = dict(self.group.attrs["probing"])  # type: ignore[arg-type]
 
     def activations(self, layer: int | str) -> np.ndarray:
         return np.asarray(self.group[f"layers/{self.layer_key(layer)}"][:])

@@ -1,0 +1,73 @@
+"""The CLI as users call it: subprocesses of ``python -m probing``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from probing import open_run
+
+TIMEOUT = 300
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PROBING_RUN_ID"))}
+    env["HF_HUB_OFFLINE"] = "1"
+    return subprocess.run(
+        [sys.executable, "-m", "probing", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT
+    )
+
+
+def run_path(stdout: str) -> Path:
+    line = next(ln for ln in stdout.splitlines() if ln.startswith("run: "))
+    return Path(line[5:].strip())
+
+
+def test_default_job_on_the_embedded_model(tmp_path):
+    proc = cli("data.limit=48", "progress=false", f"output_dir={tmp_path}/runs", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "stored 48 examples x 7 layers (mean)" in proc.stdout
+    reader = open_run(run_path(proc.stdout))
+    assert reader.layers == ["embeddings"] + [f"blocks.{i}" for i in range(6)]
+    acts = reader.activations(-1)
+    assert acts.shape == (48, 384) and np.isfinite(acts).all()
+    assert set(reader.example_metadata("tense")) <= {"past", "present", "future"}
+    info = subprocess.run(
+        [sys.executable, "-m", "probing", "info", str(run_path(proc.stdout))],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert info.returncode == 0 and "completed" in info.stdout and "(48, 384)" in info.stdout
+
+
+def test_the_cards_command_with_a_local_folder(tmp_path, tiny_models):
+    proc = cli(
+        "+model=distilbert",
+        "+strategy=mean",
+        f"model.name_or_path={tiny_models['distilbert']}",
+        "layers=[0,-1]",
+        "data.limit=10",
+        "progress=false",
+        "output_dir=out",
+        "run_id=card",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reader = open_run(tmp_path / "out" / "card")
+    assert reader.layers == ["blocks.0", "blocks.3"]
+    assert reader.metadata["strategy"] == {"name": "mean"}
+    assert reader.metadata["config"]["model"]["name_or_path"] == str(tiny_models["distilbert"])
+
+
+def test_errors_are_one_clear_line_and_exit_2(tmp_path, tiny_models):
+    proc = cli(f"model.name_or_path={tiny_models['gpt2']}", "+strategy=cls", "data.limit=4", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "probing: error:" in proc.stderr and "Use strategy 'last'" in proc.stderr
+    proc = cli(f"model.name_or_path={tiny_models['bert']}", "layers=[9]", "data.limit=4", cwd=tmp_path)
+    assert proc.returncode == 2 and "out of range" in proc.stderr
+    assert not (tmp_path / "runs").exists()  # nothing half-written

@@ -1,0 +1,119 @@
+"""DatasetRunner end to end on tiny models: values, order, metadata, dataset kinds, edge cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from reference import reference
+
+from probing import (
+    ActivationExtractor,
+    DatasetRunner,
+    LastTokenStrategy,
+    MeanStrategy,
+    ModelBackend,
+    NPZStorage,
+    ZarrStorage,
+    open_run,
+)
+from probing.errors import DatasetError, RunExistsError
+
+
+def run(tmp_path, model, data, *, layers=(0, -1), strategy=None, storage=None, **kw):  # type: ignore[no-untyped-def]
+    extractor = ActivationExtractor(model, layers=list(layers), strategy=strategy or MeanStrategy())
+    storage = storage or ZarrStorage(str(tmp_path / "out"))
+    return DatasetRunner(
+        data, batch_size=kw.pop("batch_size", 3), extractor=extractor, storage=storage, progress=False, **kw
+    ).run()
+
+
+@pytest.mark.parametrize("bucketing", [True, False])
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_stored_values_equal_reference_in_dataset_order(tmp_path, tiny_models, sentences, family, bucketing):
+    model = ModelBackend().load_model(tiny_models[family])
+    data = sentences * 3
+    result = run(tmp_path, model, data, strategy=LastTokenStrategy(), bucketing=bucketing)
+    reader = open_run(result.path)
+    assert reader.layers == ["blocks.0", "blocks.3"]
+    for layer in (0, -1, "blocks.3"):
+        acts = reader.activations(layer)
+        assert acts.shape == (len(data), 32)
+        for i, text in enumerate(data):
+            want = reference(model.model, model.tokenizer, text, layer if layer != "blocks.3" else 3, "last")
+            np.testing.assert_allclose(acts[i], want, atol=1e-5)
+    assert list(reader.example_metadata("text")) == data
+    counts = [len(model.tokenizer(t)["input_ids"]) for t in data]
+    np.testing.assert_array_equal(reader.example_metadata("token_counts"), counts)
+
+
+def test_metadata_records_what_the_run_was(tmp_path, tiny_models, sentences):
+    model = ModelBackend().load_model(tiny_models["bert"])
+    result = run(tmp_path, model, sentences, max_length=16)
+    meta = open_run(result.path).metadata
+    assert meta["completed"] is True
+    assert meta["model"]["name_or_path"] == str(tiny_models["bert"])
+    assert meta["model"]["dtype"] == "float32"
+    assert meta["layers"] == ["blocks.0", "blocks.3"]
+    assert meta["layer_modules"] == {"blocks.0": "encoder.layer.0", "blocks.3": "encoder.layer.3"}
+    assert meta["strategy"] == {"name": "mean"}
+    assert meta["max_length"] == 16
+    assert meta["dataset"]["n_examples"] == len(sentences) and len(meta["dataset"]["fingerprint"]) == 16
+    assert {"torch", "transformers", "lightning", "zarr"} <= set(meta["versions"])
+    assert meta["storage"]["dtype"] == "float32" and meta["created"] and meta["finished"]
+
+
+def test_dicts_keep_their_fields_and_hf_datasets_work(tmp_path, tiny_models, sentences):
+    import datasets
+
+    model = ModelBackend().load_model(tiny_models["distilbert"])
+    records = [{"text": s, "label": i % 2, "tag": f"t{i}"} for i, s in enumerate(sentences)]
+    a = open_run(run(tmp_path / "a", model, iter(records)).path)
+    np.testing.assert_array_equal(a.example_metadata("label"), [i % 2 for i in range(len(sentences))])
+    assert list(a.example_metadata("tag"))[:2] == ["t0", "t1"]
+    b = open_run(run(tmp_path / "b", model, datasets.Dataset.from_list(records)).path)
+    np.testing.assert_array_equal(a.activations(-1), b.activations(-1))
+    np.testing.assert_array_equal(b.example_metadata("label"), a.example_metadata("label"))
+
+
+def test_npz_storage_gives_the_same_result(tmp_path, tiny_models, sentences):
+    model = ModelBackend().load_model(tiny_models["llama"])
+    z = open_run(run(tmp_path / "z", model, sentences).path)
+    n = open_run(run(tmp_path / "n", model, sentences, storage=NPZStorage(str(tmp_path / "npz"))).path)
+    for layer in z.layers:
+        np.testing.assert_array_equal(z.activations(layer), n.activations(layer))
+
+
+def test_empty_dataset_gives_an_empty_completed_run(tmp_path, tiny_models):
+    model = ModelBackend().load_model(tiny_models["bert"])
+    reader = open_run(run(tmp_path, model, []).path)
+    assert reader.completed and reader.n_examples == 0
+    assert reader.activations(-1).shape == (0, 32)
+
+
+def test_existing_completed_run_is_refused_before_compute(tmp_path, tiny_models, sentences):
+    model = ModelBackend().load_model(tiny_models["bert"])
+    first = run(tmp_path, model, sentences, run_id="same")
+    with pytest.raises(RunExistsError, match="never overwritten"):
+        run(tmp_path, model, sentences, run_id="same")
+    assert open_run(first.path).completed
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        ([{"txt": "a"}], "no 'text' field"),
+        ([3], "expected a str"),
+        ("just a string", "single string"),
+    ],
+)
+def test_bad_datasets_are_clear_errors(tmp_path, tiny_models, data, match):
+    model = ModelBackend().load_model(tiny_models["bert"])
+    with pytest.raises(DatasetError, match=match):
+        run(tmp_path, model, data)
+
+
+def test_example_without_tokens_is_refused_before_compute(tmp_path, tiny_models):
+    model = ModelBackend().load_model(tiny_models["gpt2"])  # adds no special tokens: "" has none
+    with pytest.raises(DatasetError, match=r"no tokens.*\[1\]"):
+        run(tmp_path, model, ["the cat", ""])
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
