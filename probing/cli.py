@@ -93,6 +93,7 @@ def _hydra_entry() -> None:
 
     @hydra.main(version_base="1.3", config_path="pkg://probing.conf", config_name="config")
     def _main(cfg: DictConfig) -> None:
+        from probing.engine.preemption import EXIT_PREEMPTED, Preempted
         from probing.errors import ProbingError
 
         try:
@@ -100,6 +101,9 @@ def _hydra_entry() -> None:
         except ProbingError as exc:
             print(f"probing: error: {exc}", file=sys.stderr)
             sys.exit(2)
+        except Preempted as exc:
+            print(f"probing: {exc}", file=sys.stderr)
+            sys.exit(EXIT_PREEMPTED)
 
     _main()
 

@@ -14,10 +14,12 @@ from importlib import metadata as importlib_metadata
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.fabric.plugins.environments import SLURMEnvironment
 
 from probing.data.datamodule import ExtractionDataModule, effective_max_length, token_lengths
 from probing.data.sources import TextDataset
 from probing.engine.module import ExtractionModule
+from probing.engine.preemption import PreemptionHandler
 from probing.engine.writer import RunWriterCallback
 from probing.errors import ConfigError
 from probing.extractor import ActivationExtractor
@@ -117,6 +119,7 @@ class DatasetRunner:
         self.trainer_kwargs = {**_trainer_defaults(extractor), **(trainer or {})}
         self.progress = progress
         self.config = config or {}
+        self.preemption = PreemptionHandler()
 
     def metadata(self, fingerprint: str) -> dict[str, Any]:
         """The run metadata stored with the activations."""
@@ -182,6 +185,7 @@ class DatasetRunner:
             self.metadata(self.dataset.fingerprint()),
             example_metadata=self.example_columns,
             resume=self.resume,
+            preemption=self.preemption,
         )
         for noisy in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -189,7 +193,13 @@ class DatasetRunner:
         warnings.filterwarnings("ignore", message=".*custom batch sampler.*")
         warnings.filterwarnings("ignore", message=".*Total length of `DataLoader` across ranks is zero.*")
         warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
+        plugins: list[Any] = []
+        if SLURMEnvironment.detect():
+            # Lightning's SLURM requeue handler saves a training checkpoint; predict has none. Preemption
+            # is handled by `PreemptionHandler` (flush, record, exit) and a resume.
+            plugins.append(SLURMEnvironment(auto_requeue=False))
         trainer = pl.Trainer(
+            plugins=plugins,
             logger=False,
             enable_checkpointing=False,
             enable_model_summary=False,
@@ -201,11 +211,20 @@ class DatasetRunner:
         return trainer, ExtractionModule(self.extractor), datamodule, writer
 
     def run(self) -> RunResult:
-        """Extract, stream to storage, finalize; return where the run is."""
+        """Extract, stream to storage, finalize; return where the run is.
+
+        Raises `Preempted` if SIGTERM/SIGUSR1/SIGUSR2 arrived: what was computed is stored, and the
+        same call with ``resume=True`` finishes the run.
+        """
         os.environ.setdefault("PROBING_RUN_ID", self.run_id)
-        trainer, module, datamodule, writer = self.build()
-        trainer.predict(module, datamodule=datamodule, return_predictions=False)
-        writer.finish(trainer)
+        self.preemption.install()
+        try:
+            trainer, module, datamodule, writer = self.build()
+            trainer.predict(module, datamodule=datamodule, return_predictions=False)
+            self.preemption.check()
+            stats = writer.finish(trainer)
+        finally:
+            self.preemption.restore()
         return RunResult(
-            self.run_id, writer.path, len(self.dataset), self.extractor.layer_keys, writer.stats(), trainer.global_rank
+            self.run_id, writer.path, len(self.dataset), self.extractor.layer_keys, stats, trainer.global_rank
         )

@@ -1,10 +1,11 @@
 """`RunWriterCallback`: a `BasePredictionWriter` that streams every batch of this rank to storage.
 
 Rank 0 creates (or, with resume, reopens and checks) the run; after a barrier every rank opens its
-own part. Each batch is appended as it arrives (nothing accumulates in memory). At the end every
-rank flushes (`finish`, called by the runner after ``predict``), and after a barrier rank 0
-finalizes: rows in dataset order, per-example metadata, and
-the ``completed`` flag last. On an exception the rank flushes what it has, so a resume keeps it.
+own part, and on resume learns which examples are already stored. Each batch is appended as it
+arrives (nothing accumulates in memory). After ``predict`` the runner calls `finish`: every rank
+flushes, and after a barrier rank 0 finalizes (rows in dataset order, per-example metadata, the
+``completed`` flag last). On an exception or a preemption signal the rank flushes what it has and
+records its progress, so that a resume keeps it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import lightning.pytorch as pl
 import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from probing.engine.preemption import PreemptionHandler
 from probing.errors import ConfigError
+from probing.faults import fault_point
 from probing.storage.base import RunWriter, Storage
 
 log = logging.getLogger(__name__)
@@ -34,6 +37,7 @@ class RunWriterCallback(BasePredictionWriter):
         example_metadata: a function returning per-example columns (text, labels), called by
             rank 0 at finalize only.
         resume: continue an incomplete run, skipping stored examples.
+        preemption: checked after every batch; a received signal stops the run cleanly.
     """
 
     def __init__(
@@ -43,6 +47,7 @@ class RunWriterCallback(BasePredictionWriter):
         metadata: Mapping[str, Any],
         example_metadata: Any = None,
         resume: bool = False,
+        preemption: PreemptionHandler | None = None,
     ) -> None:
         super().__init__(write_interval="batch")
         self.storage = storage
@@ -50,14 +55,18 @@ class RunWriterCallback(BasePredictionWriter):
         self.metadata = dict(metadata)
         self.example_metadata = example_metadata
         self.resume = resume
+        self.preemption = preemption
         self.writer: RunWriter | None = None
         self.examples = 0
         self.real_tokens = 0
         self.padded_tokens = 0
         self.skipped = 0
+        self.planned = 0
         self._t0 = 0.0
+        self._flushed_rows = 0
         self.path: str = storage.run_path(run_id)
 
+    # -- set-up -------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         rank, world = trainer.global_rank, trainer.world_size
         if world > 1 and not self.storage.supports_concurrent_writers:
@@ -75,13 +84,29 @@ class RunWriterCallback(BasePredictionWriter):
         assert self.writer is not None
         self.path = self.writer.path
         datamodule = getattr(trainer, "datamodule", None)
-        if self.resume and datamodule is not None:
-            done = self.writer.done_ids()
-            datamodule.done_ids = done
-            self.skipped = len(done)
+        if datamodule is not None:
+            if self.resume:
+                datamodule.done_ids = self.writer.done_ids()
+                self.skipped = len(datamodule.done_ids)
+            datamodule.on_plan = self._on_plan
+        if self.preemption is not None:
+            self.preemption.children = trainer.strategy.launcher
 
+    def _on_plan(self, batches: list[np.ndarray]) -> None:
+        self.planned = int(sum(len(b) for b in batches))
+        self._record("running")
+
+    # -- per batch ----------------------------------------------------------------------------
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._t0 = time.perf_counter()
+
+    def on_predict_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if batch_idx == 0:
+            fault_point("before_first_batch")
+        if self.preemption is not None:
+            self.preemption.check()
 
     def write_on_batch_end(
         self,
@@ -106,11 +131,30 @@ class RunWriterCallback(BasePredictionWriter):
         self.examples += len(ids)
         self.real_tokens += int(counts.sum())
         self.padded_tokens += int(prediction["padded_tokens"])
+        if self.writer.rows_written != self._flushed_rows:  # a chunk went to disk: say so beside it
+            self._flushed_rows = self.writer.rows_written
+            self._record("running")
 
+    def on_predict_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        super().on_predict_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
+        if self.preemption is not None:
+            self.preemption.check()
+
+    # -- progress -----------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
+        """This rank's timings for this attempt."""
         seconds = max(time.perf_counter() - self._t0, 1e-9) if self._t0 else 0.0
         return {
             "examples": self.examples,
+            "planned": self.planned,
             "skipped_as_done": self.skipped,
             "seconds": round(seconds, 3),
             "examples_per_s": round(self.examples / seconds, 1) if seconds else 0.0,
@@ -120,23 +164,35 @@ class RunWriterCallback(BasePredictionWriter):
             "padding_fraction": round(1 - self.real_tokens / self.padded_tokens, 4) if self.padded_tokens else 0.0,
         }
 
-    def finish(self, trainer: pl.Trainer) -> None:
+    def _record(self, status: str) -> None:
+        if self.writer is not None:
+            self.writer.record_progress({"status": status, **self.stats()})
+
+    # -- end ----------------------------------------------------------------------------------
+    def finish(self, trainer: pl.Trainer) -> dict[str, Any]:
         """After ``predict`` returned on every rank: flush, wait for all ranks, rank 0 finalizes.
 
         Not a predict hook: Lightning skips the predict hooks on a rank with no batches (N < world
-        size, or a resume with nothing left), and every rank must reach the barriers.
+        size, or a resume with nothing left), and every rank must reach the barriers. Returns the
+        run-wide figures on rank 0 (this rank's own elsewhere).
         """
         assert self.writer is not None
         self.writer.close()
+        self._record("done")
         trainer.strategy.barrier("probing-ranks-done")
         if trainer.global_rank == 0:
             columns = self.example_metadata() if callable(self.example_metadata) else self.example_metadata
-            self.writer.finalize(columns, stats={"rank0": self.stats(), "world_size": trainer.world_size})
+            meta = self.writer.finalize(columns, stats={"world_size": trainer.world_size})
+            total: dict[str, Any] = meta["stats"]["total"]
+        else:
+            total = self.stats()
         trainer.strategy.barrier("probing-finalized")
+        return total
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if self.writer is not None:
             try:
                 self.writer.close()  # keep every whole row computed so far, for resume
+                self._record(f"stopped: {type(exception).__name__}")
             except Exception:  # noqa: BLE001 - do not mask the original error
                 log.exception("could not flush the run after an error")

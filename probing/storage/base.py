@@ -88,6 +88,23 @@ def check_can_write(run_path: str, completed: bool, resume: bool) -> None:
         )
 
 
+def total_progress(parts: Mapping[str, Any]) -> dict[str, Any]:
+    """Sum the per-part progress records of one run into run-wide figures (all ranks, all attempts)."""
+    recs = [r for r in parts.values() if isinstance(r, Mapping)]
+    examples = sum(int(r.get("examples", 0)) for r in recs)
+    real = sum(int(r.get("real_tokens", 0)) for r in recs)
+    padded = sum(int(r.get("padded_tokens", 0)) for r in recs)
+    seconds = max((float(r.get("seconds", 0.0)) for r in recs), default=0.0)
+    return {
+        "examples": examples,
+        "seconds": round(seconds, 3),
+        "examples_per_s": round(examples / seconds, 1) if seconds else 0.0,
+        "real_tokens": real,
+        "real_tokens_per_s": round(real / seconds, 1) if seconds else 0.0,
+        "padding_fraction": round(1 - real / padded, 4) if padded else 0.0,
+    }
+
+
 def check_batch(activations: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> np.ndarray:
     """Validate one appended batch; return its example ids as int64."""
     if "example_ids" not in metadata:
@@ -106,6 +123,7 @@ class RunWriter(ABC):
     path: str
     rank: int
     world_size: int
+    rows_written: int = 0
 
     @abstractmethod
     def append(self, batch_id: int, activations: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> None:
@@ -117,16 +135,21 @@ class RunWriter(ABC):
         """Write everything buffered by this rank. Safe to call twice."""
 
     @abstractmethod
+    def record_progress(self, progress: Mapping[str, Any]) -> None:
+        """Store this rank's progress and timings beside its part (read by ``info`` and finalize)."""
+
+    @abstractmethod
     def done_ids(self) -> np.ndarray:
         """Ids of the examples already stored by any rank and attempt (what a resume skips)."""
 
     @abstractmethod
     def finalize(
         self, example_metadata: Mapping[str, Sequence[Any]] | None = None, *, stats: Mapping[str, Any] | None = None
-    ) -> None:
+    ) -> dict[str, Any]:
         """Order the rows by example id, store per-example metadata, and mark the run completed.
 
         Call once, from one process, after every rank has closed. Raises if any example is missing.
+        Returns the final run metadata.
         """
 
     def __enter__(self) -> RunWriter:

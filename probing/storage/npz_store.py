@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from probing.errors import ConfigError
+from probing.faults import fault_point
 from probing.storage.base import (
     RunReader,
     RunWriter,
@@ -29,6 +30,7 @@ from probing.storage.base import (
     check_can_write,
     check_resume,
     new_run_id,
+    total_progress,
     utc_now,
 )
 from probing.storage.zarr_store import STORAGE_DTYPES, _check_exactly_once
@@ -117,6 +119,7 @@ class NPZRunWriter(RunWriter):
         self.part = path / "parts" / f"a{int(meta.get('attempts', 0)):03d}-r{rank:05d}"
         self.part.mkdir(parents=True, exist_ok=True)
         self._keys: list[str] = list(meta.get("layers", []))
+        self.rows_written = 0
 
     def append(self, batch_id: int, activations: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> None:
         ids = check_batch(activations, metadata)
@@ -133,9 +136,14 @@ class NPZRunWriter(RunWriter):
         tmp = self.part / f".b{int(batch_id):08d}.tmp.npz"
         np.savez(tmp, **arrays)  # type: ignore[arg-type]
         os.replace(tmp, target)
+        self.rows_written += len(ids)
+        fault_point("after_flush")
 
     def close(self) -> None:
         pass
+
+    def record_progress(self, progress: Mapping[str, Any]) -> None:
+        _write_json(self.part / "progress.json", {**progress, "rows_stored": self.rows_written, "updated": utc_now()})
 
     def _files(self) -> list[Path]:
         return sorted((self._root / "parts").glob("*/b*.npz"))
@@ -146,7 +154,7 @@ class NPZRunWriter(RunWriter):
 
     def finalize(
         self, example_metadata: Mapping[str, Sequence[Any]] | None = None, *, stats: Mapping[str, Any] | None = None
-    ) -> None:
+    ) -> dict[str, Any]:
         meta_file = self._root / "metadata.json"
         meta = json.loads(meta_file.read_text())
         keys = list(meta.get("layers") or self._keys)
@@ -176,12 +184,14 @@ class NPZRunWriter(RunWriter):
         tmp = self._root / ".activations.tmp.npz"
         np.savez(tmp, **out)  # type: ignore[arg-type]
         os.replace(tmp, self._root / "activations.npz")
-        shutil.rmtree(self._root / "parts", ignore_errors=True)
         meta.update(layers=keys, example_fields=fields, completed=True, finished=utc_now())
         meta.setdefault("dataset", {})["n_examples"] = n
-        if stats:
-            meta["stats"] = dict(stats)
-        _write_json(meta_file, meta)
+        progress = {f.parent.name: json.loads(f.read_text()) for f in (self._root / "parts").glob("*/progress.json")}
+        meta["stats"] = {"total": total_progress(progress), **(stats or {}), "parts": progress}
+        fault_point("finalize")
+        _write_json(meta_file, meta)  # the completed flag goes last, then the parts are clean-up
+        shutil.rmtree(self._root / "parts", ignore_errors=True)
+        return meta
 
 
 class NPZRunReader(RunReader):

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from probing.errors import ConfigError, RunIncompleteError
+from probing.faults import fault_point
 from probing.storage.base import (
     RunReader,
     RunWriter,
@@ -32,6 +33,7 @@ from probing.storage.base import (
     check_can_write,
     check_resume,
     new_run_id,
+    total_progress,
     utc_now,
 )
 
@@ -235,6 +237,7 @@ class ZarrRunWriter(RunWriter):
             self._buffers[key] = [data[rows:]] if rows < len(data) else []
         self._array("token_counts", (), np.int32).append(counts[:rows], axis=0)
         self._array("ids", (), np.int64).append(ids[:rows], axis=0)  # last: marks the rows as stored
+        fault_point("after_flush")
         self._ids = [ids[rows:]] if rows < len(ids) else []
         self._counts = [counts[rows:]] if rows < len(counts) else []
         self._buffered -= rows
@@ -242,6 +245,9 @@ class ZarrRunWriter(RunWriter):
 
     def close(self) -> None:
         self._flush(final=True)
+
+    def record_progress(self, progress: Mapping[str, Any]) -> None:
+        self.part.attrs["progress"] = {**progress, "rows_stored": self.rows_written, "updated": utc_now()}
 
     def _parts(self) -> list[Any]:
         return [g for _, g in sorted(self.group["parts"].groups())]
@@ -252,7 +258,7 @@ class ZarrRunWriter(RunWriter):
 
     def finalize(
         self, example_metadata: Mapping[str, Sequence[Any]] | None = None, *, stats: Mapping[str, Any] | None = None
-    ) -> None:
+    ) -> dict[str, Any]:
         self.close()
         meta = dict(self.group.attrs["probing"])
         keys = list(meta.get("layers") or self._keys)
@@ -277,13 +283,15 @@ class ZarrRunWriter(RunWriter):
             fields.append(field)
             if _write_column(examples, field, values):
                 meta.setdefault("json_fields", []).append(field)
-        for p in list(self.group["parts"].group_keys()):
-            del self.group[f"parts/{p}"]
         meta.update(layers=keys, example_fields=fields, completed=True, finished=utc_now())
         meta.setdefault("dataset", {})["n_examples"] = n
-        if stats:
-            meta["stats"] = dict(stats)
-        self.group.attrs["probing"] = meta  # the completed flag goes last
+        progress = {p.name.rsplit("/", 1)[-1]: p.attrs.get("progress") for p in parts}
+        meta["stats"] = {"total": total_progress(progress), **(stats or {}), "parts": progress}
+        fault_point("finalize")
+        self.group.attrs["probing"] = meta  # the completed flag goes last...
+        for p in list(self.group["parts"].group_keys()):  # ...then the parts are only clean-up
+            del self.group[f"parts/{p}"]
+        return meta
 
     def _merge(self, out: Any, key: str, dim: int, n: int, parts: list[Any], ids_of: dict[str, np.ndarray]) -> None:
         chunk = self.storage.rows_per_chunk(dim)
