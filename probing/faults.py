@@ -1,6 +1,10 @@
-"""Fault injection for the resume tests: ``PROBING_FAULT=<point>[:<n>]`` kills the process (SIGKILL)
-the n-th time (default first) it reaches a named point. Points: ``before_first_batch``,
-``after_flush``, ``finalize``. Unset in normal use: a dictionary lookup per call."""
+"""Fault injection for the resume tests.
+
+``PROBING_FAULT=<point>[:<n>[:<SIGNAL>]]`` sends the process a signal (SIGKILL by default) the n-th
+time (default: the first) it reaches a named point: ``before_first_batch``, ``after_flush`` (a chunk
+was written), ``finalize`` (rows merged, completed flag not yet set). ``PROBING_FAULT_RANK`` limits it
+to one local rank. Unset in normal use, where a call costs one dictionary lookup.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +18,13 @@ def fault_point(name: str) -> None:
     spec = os.environ.get("PROBING_FAULT")
     if not spec:
         return
-    point, _, nth = spec.partition(":")
+    point, _, rest = spec.partition(":")
     if point != name:
         return
     rank = os.environ.get("PROBING_FAULT_RANK")
     if rank is not None and rank != os.environ.get("LOCAL_RANK", "0"):
         return
+    nth, _, sig = rest.partition(":")
     _counts[name] = _counts.get(name, 0) + 1
-    if _counts[name] >= int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+    if _counts[name] == int(nth or 1):
+        os.kill(os.getpid(), getattr(signal, sig or "SIGKILL"))

@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
+from cli_helpers import TIMEOUT, cli, run_path
 
 from probing import open_run
-
-TIMEOUT = 300
-
-
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PROBING_RUN_ID"))}
-    env["HF_HUB_OFFLINE"] = "1"
-    return subprocess.run(
-        [sys.executable, "-m", "probing", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT
-    )
-
-
-def run_path(stdout: str) -> Path:
-    line = next(ln for ln in stdout.splitlines() if ln.startswith("run: "))
-    return Path(line[5:].strip())
 
 
 def test_default_job_on_the_embedded_model(tmp_path):

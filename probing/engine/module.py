@@ -21,6 +21,8 @@ class ExtractionModule(pl.LightningModule):
         super().__init__()
         self.extractor = extractor
         self.model = extractor.model  # registered as a submodule: Lightning moves it to the device
+        # a rank may have nothing to do (N < world size, or a resume that left it nothing)
+        self.allow_zero_length_dataloader_with_multiple_devices = True
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         activations = self.extractor.forward(batch)

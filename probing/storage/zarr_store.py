@@ -285,7 +285,7 @@ class ZarrRunWriter(RunWriter):
                 meta.setdefault("json_fields", []).append(field)
         meta.update(layers=keys, example_fields=fields, completed=True, finished=utc_now())
         meta.setdefault("dataset", {})["n_examples"] = n
-        progress = {p.name.rsplit("/", 1)[-1]: p.attrs.get("progress") for p in parts}
+        progress = {p.name.rsplit("/", 1)[-1]: p.attrs.get("progress") for p in self._parts()}
         meta["stats"] = {"total": total_progress(progress), **(stats or {}), "parts": progress}
         fault_point("finalize")
         self.group.attrs["probing"] = meta  # the completed flag goes last...

@@ -1,0 +1,47 @@
+"""DDP from the CLI (2 CPU processes, gloo): exactly N rows in dataset order, equal to one process."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from cli_helpers import cli
+
+from probing import ActivationExtractor, DatasetRunner, MeanStrategy, ModelBackend, ZarrStorage, open_run
+from probing.data.builtin import generate
+
+pytestmark = pytest.mark.slow
+DDP = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]
+
+
+def single_process(model_dir, n, tmp_path):  # type: ignore[no-untyped-def]
+    model = ModelBackend().load_model(model_dir)
+    extractor = ActivationExtractor(model, layers="all", strategy=MeanStrategy())
+    storage = ZarrStorage(str(tmp_path / "single"), chunk_rows=8)
+    return open_run(DatasetRunner(generate(n), 4, extractor, storage, max_length=128, progress=False).run().path)
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 101])
+def test_two_ranks_equal_one(tmp_path, tiny_models, n):
+    ref = single_process(tiny_models["bert"], n, tmp_path)
+    proc = cli(
+        f"model.name_or_path={tiny_models['bert']}",
+        f"data.limit={n}",
+        "data.batch_size=4",
+        "storage.chunk_rows=8",
+        "progress=false",
+        "output_dir=out",
+        "run_id=ddp",
+        *DDP,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = open_run(tmp_path / "out" / "ddp")
+    assert got.metadata["stats"]["world_size"] == 2
+    assert got.layers == ref.layers
+    for layer in ref.layers:
+        a = got.activations(layer)
+        assert a.shape == (n, 32)
+        np.testing.assert_allclose(a, ref.activations(layer), atol=1e-5)
+    assert list(got.example_metadata("text")) == [r["text"] for r in generate(n)]
+    parts = got.metadata["stats"]["parts"]
+    assert sum(p["rows_stored"] for p in parts.values()) == n
