@@ -43,7 +43,7 @@ class TextDataset(Sequence[dict[str, Any]]):
                         f"Example {i} has no {text_field!r} field (fields: {sorted(item)}). Every example "
                         f"needs one, or set the text field to one of its fields."
                     )
-                records.append(dict(item))
+                records.append(item)
             else:
                 raise DatasetError(
                     f"Example {i} is a {type(item).__name__}; expected a str or a dict with a {text_field!r} field."

@@ -87,7 +87,7 @@ class ZarrStorage(Storage):
         chunk_rows: int | None = None,
         compressor: str = "none",
         compression_level: int | None = None,
-        merge_block_bytes: int = 256 * 2**20,
+        merge_block_bytes: int = 64 * 2**20,
     ) -> None:
         super().__init__(root)
         if dtype not in STORAGE_DTYPES:
@@ -314,9 +314,9 @@ class ZarrRunWriter(RunWriter):
                 rows = np.flatnonzero((ids >= b0) & (ids < b1))
                 if len(rows) == 0:
                     continue
-                src = p[key]
-                data = src[: len(ids)] if len(rows) == len(ids) else src.get_orthogonal_selection((rows, slice(None)))
-                buf[ids[rows] - b0] = data
+                r0, r1 = int(rows[0]), int(rows[-1]) + 1  # parts are near dataset order: a short span
+                data = p[key][r0:r1]
+                buf[ids[rows] - b0] = data[rows - r0]
             arr[b0:b1] = buf
 
 
