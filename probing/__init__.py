@@ -33,10 +33,16 @@ _EXPORTS = {
     "open_run": "probing.storage.base",
     "ZarrStorage": "probing.storage.zarr_store",
     "NPZStorage": "probing.storage.npz_store",
+    "HDF5Storage": "probing.storage.hdf5_store",
+    "TokensStrategy": "probing.strategies",
+    "WordsStrategy": "probing.strategies",
     "TextDataset": "probing.data.sources",
 }
 
 __all__ = [
+    "HDF5Storage",
+    "TokensStrategy",
+    "WordsStrategy",
     "ActivationBatch",
     "ActivationExtractor",
     "BackendModel",
@@ -65,6 +71,7 @@ if TYPE_CHECKING:
     from probing.engine.runner import DatasetRunner, RunResult
     from probing.extractor import ActivationBatch, ActivationExtractor
     from probing.storage.base import RunReader, RunWriter, Storage, open_run
+    from probing.storage.hdf5_store import HDF5Storage
     from probing.storage.npz_store import NPZStorage
     from probing.storage.zarr_store import ZarrStorage
     from probing.strategies import (
@@ -74,6 +81,8 @@ if TYPE_CHECKING:
         LastTokenStrategy,
         MaxStrategy,
         MeanStrategy,
+        TokensStrategy,
+        WordsStrategy,
         get_strategy,
     )
 

@@ -14,20 +14,32 @@ log = logging.getLogger("probing")
 
 
 def build_dataset(data_cfg: Any) -> Any:
-    """The dataset a config names (``data.source``)."""
+    """The dataset a config names (``data.source``: builtin, files, conllu, hf)."""
+    from probing.data import loaders
     from probing.errors import ConfigError
 
     source = data_cfg.source
     if source == "builtin":
         from probing.data.builtin import generate
 
-        records: Any = generate(int(data_cfg.n_examples), int(data_cfg.seed))
+        data: Any = generate(int(data_cfg.n_examples), int(data_cfg.seed))
+    elif source == "files":
+        data = loaders.load_files(data_cfg.path, data_cfg.get("format"))
+    elif source == "conllu":
+        data = loaders.load_conllu(data_cfg.path)
+    elif source == "hf":
+        if not data_cfg.get("name"):
+            raise ConfigError("data=hf needs data.name (a Hugging Face dataset id).")
+        data = loaders.load_hf(data_cfg.name, data_cfg.get("config"), data_cfg.get("split", "train"))
     else:
-        raise ConfigError(f"Unknown data.source {source!r}; expected one of ['builtin'].")
+        raise ConfigError(f"Unknown data.source {source!r}; expected one of ['builtin', 'files', 'conllu', 'hf'].")
+    fields = data_cfg.get("fields")
+    inputs = [data_cfg.get("words_field") or data_cfg.text_field]
+    data = loaders.select_fields(data, list(fields) if fields else None, inputs)
     limit = data_cfg.get("limit")
     if limit is not None:
-        records = records[: int(limit)]
-    return records
+        data = data.select(range(min(int(limit), len(data)))) if hasattr(data, "select") else data[: int(limit)]
+    return data
 
 
 def run_job(cfg: Any) -> Any:
@@ -44,10 +56,7 @@ def run_job(cfg: Any) -> Any:
     dataset = build_dataset(cfg.data)
     storage_opts = {k: v for k, v in config["storage"].items() if k != "backend"}
     storage = get_storage(cfg.storage.backend, cfg.output_dir, **storage_opts)
-    strategy_opts = {k: v for k, v in config["strategy"].items() if k != "name"}
-    if cfg.strategy.name != "cls":
-        strategy_opts.pop("use_pooler", None)
-    strategy = get_strategy(cfg.strategy.name, **strategy_opts)
+    strategy = get_strategy(cfg.strategy.name, **{k: v for k, v in config["strategy"].items() if k != "name"})
     model = ModelBackend().load_model(
         cfg.model.name_or_path,
         device="cpu",
@@ -66,6 +75,7 @@ def run_job(cfg: Any) -> Any:
         storage=storage,
         run_id=cfg.run_id,
         text_field=d.text_field,
+        words_field=d.get("words_field"),
         max_length=d.max_length,
         bucketing=bool(d.bucketing),
         max_tokens_per_batch=d.max_tokens_per_batch,

@@ -22,7 +22,7 @@ from torch import nn
 from probing.backend import BackendModel
 from probing.errors import ConfigError
 from probing.layers import LayerSelector, ResolvedLayer, num_blocks, parse_layers, resolve_layers
-from probing.strategies import ExtractionStrategy, MeanStrategy
+from probing.strategies import ExtractionStrategy, MeanStrategy, RowPlan, TokenLevelStrategy
 
 
 class _StopForward(Exception):
@@ -31,11 +31,23 @@ class _StopForward(Exception):
 
 @dataclass
 class ActivationBatch:
-    """Pooled activations of one batch: ``activations[key]`` is ``[batch, dim]`` float32."""
+    """Activations of one batch: ``activations[key]`` is ``[batch, dim]`` float32 for pooled strategies,
+    ``[rows, dim]`` for token-level ones, where example ``i`` owns ``row_counts[i]`` consecutive rows."""
 
     activations: dict[str, np.ndarray]
     example_ids: np.ndarray
     token_counts: np.ndarray
+    row_counts: np.ndarray | None = None
+    row_fields: dict[str, np.ndarray] | None = None
+
+
+@dataclass
+class LayerOutputs:
+    """What one forward pass produced, on the model's device."""
+
+    activations: dict[str, torch.Tensor]
+    row_counts: torch.Tensor | None = None
+    row_fields: dict[str, torch.Tensor] | None = None
 
 
 def _hidden_of(output: Any) -> torch.Tensor:
@@ -82,6 +94,7 @@ class ActivationExtractor:
         self.early_stop = early_stop
         self._forward_params = set(inspect.signature(model.model.forward).parameters)
         self._mask: torch.Tensor | None = None
+        self._plan: RowPlan | None = None
         self._captured: dict[str, torch.Tensor] = {}
         self._active = False
 
@@ -116,6 +129,7 @@ class ActivationExtractor:
             self._active = False
             self._captured = {}
             self._mask = None
+            self._plan = None
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Run the model on a tokenized batch (on the model's device) and return pooled activations.
@@ -123,6 +137,10 @@ class ActivationExtractor:
         ``batch`` holds ``input_ids`` and ``attention_mask`` (and optionally ``token_type_ids``);
         the result maps each layer key to a float32 ``[batch, dim]`` tensor on the same device.
         """
+        return self.run(batch).activations
+
+    def run(self, batch: Mapping[str, torch.Tensor]) -> LayerOutputs:
+        """Like `forward`, and for token-level strategies also the rows per example and row fields."""
         mask = batch["attention_mask"]
         inputs: dict[str, Any] = {
             k: v
@@ -134,8 +152,10 @@ class ActivationExtractor:
             inputs["position_ids"] = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
         if "use_cache" in self._forward_params:
             inputs["use_cache"] = False
+        plan = self.strategy.plan(dict(batch)) if isinstance(self.strategy, TokenLevelStrategy) else None
         with self.hooks():
             self._mask = mask.bool()
+            self._plan = plan
             self._captured = {}
             with contextlib.suppress(_StopForward):
                 self.model(**inputs)
@@ -145,7 +165,10 @@ class ActivationExtractor:
                     f"Layers {missing} were not reached in the forward pass; they are not used by "
                     f"{type(self.model).__name__}.forward. Select other modules."
                 )
-            return {k: self._captured[k] for k in self.layer_keys}
+            acts = {k: self._captured[k] for k in self.layer_keys}
+        if plan is None:
+            return LayerOutputs(acts)
+        return LayerOutputs(acts, plan.lengths, plan.row_fields)
 
     def extract(self, inputs: Sequence[str] | Mapping[str, torch.Tensor]) -> ActivationBatch:
         """Tokenize (if given strings), run, pool: the seed's ``extract(inputs) -> ActivationBatch``."""
@@ -153,15 +176,21 @@ class ActivationExtractor:
             batch = dict(inputs)
         else:
             texts = [inputs] if isinstance(inputs, str) else list(inputs)
-            batch = dict(self.backend.tokenizer(texts, padding=True, truncation=True, return_tensors="pt"))
+            batch = dict(
+                self.backend.tokenizer(
+                    texts, padding=True, truncation=True, return_tensors="pt", return_special_tokens_mask=True
+                )
+            )
         batch = {k: v.to(self.backend.device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
         with torch.inference_mode():
-            acts = self.forward(batch)
+            out = self.run(batch)
         counts = batch["attention_mask"].sum(dim=1).cpu().numpy()
         return ActivationBatch(
-            activations={k: v.float().cpu().numpy() for k, v in acts.items()},
+            activations={k: v.float().cpu().numpy() for k, v in out.activations.items()},
             example_ids=np.arange(len(counts)),
             token_counts=counts,
+            row_counts=None if out.row_counts is None else out.row_counts.cpu().numpy(),
+            row_fields=None if out.row_fields is None else {k: v.cpu().numpy() for k, v in out.row_fields.items()},
         )
 
     def describe(self) -> dict[str, Any]:
@@ -178,7 +207,11 @@ class ActivationExtractor:
     # -- hooks ----------------------------------------------------------------------------------
     def _store(self, key: str, hidden: torch.Tensor) -> None:
         assert self._mask is not None
-        self._captured[key] = self.strategy.pool(hidden.float(), self._mask).float()
+        if self._plan is not None:
+            assert isinstance(self.strategy, TokenLevelStrategy)
+            self._captured[key] = self.strategy.rows(hidden.float(), self._plan).float()
+        else:
+            self._captured[key] = self.strategy.pool(hidden.float(), self._mask).float()
         if self.early_stop and len(self._captured) == len(self.layers):
             raise _StopForward
 

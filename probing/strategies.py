@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,8 @@ class ExtractionStrategy(ABC):
     """How one layer's token states become one vector per example."""
 
     name: str = "strategy"
+    #: "pooled" (one row per example), or "tokens" / "words" (a ragged number of rows per example)
+    mode: str = "pooled"
 
     def validate(self, model: nn.Module, is_decoder: bool) -> None:  # noqa: B027 - optional hook
         """Raise `ConfigError` if the strategy makes no sense for this model (called before compute)."""
@@ -168,20 +171,128 @@ class CustomStrategy(ExtractionStrategy):
         return f"CustomStrategy({self.fn_name})"
 
 
+@dataclass
+class RowPlan:
+    """Which rows a token-level strategy emits for a batch (the same for every layer).
+
+    ``batch_index``/``token_index`` pick token positions, in example order; for word means,
+    ``segment`` maps each picked token to its output row. ``lengths`` counts rows per example, and
+    ``row_fields`` carries per-row metadata (token ids, word indices).
+    """
+
+    batch_index: torch.Tensor
+    token_index: torch.Tensor
+    lengths: torch.Tensor
+    row_fields: dict[str, torch.Tensor]
+    segment: torch.Tensor | None = None
+    n_rows: int = 0
+
+
+class TokenLevelStrategy(ExtractionStrategy):
+    """Base of strategies that store several rows per example (a ragged layout)."""
+
+    mode = "tokens"
+
+    def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        raise ConfigError(f"strategy {self.name!r} stores rows per token or word; use ActivationExtractor.run().")
+
+    @abstractmethod
+    def plan(self, batch: dict[str, torch.Tensor]) -> RowPlan:
+        """Decide the rows of a batch once, before the forward pass."""
+
+    def rows(self, hidden: torch.Tensor, plan: RowPlan) -> torch.Tensor:
+        """The ``[rows, hidden]`` output of one layer for a batch."""
+        picked = hidden[plan.batch_index, plan.token_index]
+        if plan.segment is None:
+            return picked
+        out = torch.zeros(plan.n_rows, hidden.shape[-1], dtype=picked.dtype, device=picked.device)
+        out.index_add_(0, plan.segment, picked)
+        counts = torch.bincount(plan.segment, minlength=plan.n_rows).clamp(min=1).to(picked.dtype)
+        return out / counts.unsqueeze(-1)
+
+
+class TokensStrategy(TokenLevelStrategy):
+    """Every non-padding token's activation (special tokens dropped unless ``keep_special``)."""
+
+    name = "tokens"
+    mode = "tokens"
+
+    def __init__(self, keep_special: bool = False) -> None:
+        self.keep_special = keep_special
+
+    def plan(self, batch: dict[str, torch.Tensor]) -> RowPlan:
+        keep = batch["attention_mask"].bool()
+        if not self.keep_special:
+            if "special_tokens_mask" not in batch:
+                raise ConfigError("strategy 'tokens' without special tokens needs special_tokens_mask in the batch.")
+            keep = keep & ~batch["special_tokens_mask"].bool()
+        bi, ti = keep.nonzero(as_tuple=True)
+        return RowPlan(bi, ti, keep.sum(dim=1), {"token_id": batch["input_ids"][bi, ti]})
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "keep_special": self.keep_special}
+
+
+class WordsStrategy(TokenLevelStrategy):
+    """One row per word of pre-split input: its ``first``, ``last`` or ``mean`` sub-token.
+
+    Words are the items of the example's word list (``is_split_into_words``); special tokens belong
+    to no word. Words cut off by truncation are dropped (the stored word count says how many remain).
+    """
+
+    name = "words"
+    mode = "words"
+    POOLS = ("first", "last", "mean")
+
+    def __init__(self, pool: str = "first") -> None:
+        if pool not in self.POOLS:
+            raise ConfigError(f"words pooling {pool!r} is not one of {self.POOLS}.")
+        self.word_pool = pool
+
+    def plan(self, batch: dict[str, torch.Tensor]) -> RowPlan:
+        if "word_ids" not in batch:
+            raise ConfigError("strategy 'words' needs pre-split input (a words field); the batch has no word_ids.")
+        wid = batch["word_ids"]
+        valid = wid >= 0
+        prev = torch.nn.functional.pad(wid, (1, 0), value=-1)[:, :-1]
+        nxt = torch.nn.functional.pad(wid, (0, 1), value=-1)[:, 1:]
+        first = valid & (wid != prev)
+        lengths = first.sum(dim=1)
+        if self.word_pool in ("first", "last"):
+            sel = first if self.word_pool == "first" else valid & (wid != nxt)
+            bi, ti = sel.nonzero(as_tuple=True)
+            return RowPlan(bi, ti, lengths, {"word_index": wid[bi, ti]})
+        bi, ti = valid.nonzero(as_tuple=True)
+        segment = first[bi, ti].long().cumsum(0) - 1
+        fb, ft = first.nonzero(as_tuple=True)
+        return RowPlan(bi, ti, lengths, {"word_index": wid[fb, ft]}, segment=segment, n_rows=int(first.sum()))
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "pool": self.word_pool}
+
+
 STRATEGIES: dict[str, type[ExtractionStrategy]] = {
     "last": LastTokenStrategy,
     "mean": MeanStrategy,
     "max": MaxStrategy,
     "cls": CLSStrategy,
+    "tokens": TokensStrategy,
+    "words": WordsStrategy,
 }
 
 
 def get_strategy(name: str, **kwargs: Any) -> ExtractionStrategy:
-    """Build a built-in strategy by name (``last``, ``mean``, ``max``, ``cls``)."""
+    """Build a built-in strategy by name (``last``, ``mean``, ``max``, ``cls``, ``tokens``, ``words``).
+
+    Options that the strategy does not take are ignored (the config carries the options of all).
+    """
     try:
         cls = STRATEGIES[name]
     except KeyError:
         raise ConfigError(
             f"Unknown strategy {name!r}; expected one of {sorted(STRATEGIES)} (or pass a CustomStrategy in Python)."
         ) from None
-    return cls(**kwargs)
+    import inspect
+
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    return cls(**{k: v for k, v in kwargs.items() if k in accepted})

@@ -26,10 +26,14 @@ log = logging.getLogger(__name__)
 def token_lengths(dataset: TextDataset, tokenizer: Any, max_length: int, chunk: int = 2048) -> np.ndarray:
     """Token count of every example after truncation; raises `DatasetError` on examples with none."""
     lengths = np.zeros(len(dataset), dtype=np.int32)
+    split = dataset.words_field is not None
     for start in range(0, len(dataset), chunk):
-        enc = tokenizer(dataset.texts(start, min(start + chunk, len(dataset))), truncation=True, max_length=max_length)[
-            "input_ids"
-        ]
+        enc = tokenizer(
+            dataset.inputs(start, min(start + chunk, len(dataset))),
+            truncation=True,
+            max_length=max_length,
+            is_split_into_words=split,
+        )["input_ids"]
         lengths[start : start + len(enc)] = [len(x) for x in enc]
     empty = np.flatnonzero(lengths == 0)
     if len(empty):
@@ -40,30 +44,45 @@ def token_lengths(dataset: TextDataset, tokenizer: Any, max_length: int, chunk: 
     return lengths
 
 
-class _IndexedTexts(Dataset[tuple[int, str]]):
+class _IndexedInputs(Dataset[tuple[int, Any]]):
     def __init__(self, dataset: TextDataset) -> None:
         self.dataset = dataset
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> tuple[int, str]:
-        return index, self.dataset.text(index)
+    def __getitem__(self, index: int) -> tuple[int, Any]:
+        return index, self.dataset.model_input(index)
 
 
 class Collator:
-    """Tokenize a list of ``(example_id, text)`` and pad to the longest in the batch."""
+    """Tokenize a list of ``(example_id, text or words)`` and pad to the longest in the batch.
 
-    def __init__(self, tokenizer: Any, max_length: int) -> None:
+    The batch carries ``example_ids``, ``special_tokens_mask`` (for the ``tokens`` strategy) and, for
+    pre-split input, ``word_ids`` (the word index of every token, -1 for special and padding tokens).
+    """
+
+    def __init__(self, tokenizer: Any, max_length: int, words: bool = False) -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.words = words
 
-    def __call__(self, items: list[tuple[int, str]]) -> dict[str, torch.Tensor]:
+    def __call__(self, items: list[tuple[int, Any]]) -> dict[str, torch.Tensor]:
         ids = [i for i, _ in items]
         enc = self.tokenizer(
-            [t for _, t in items], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            [t for _, t in items],
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+            return_special_tokens_mask=True,
+            is_split_into_words=self.words,
         )
-        batch = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        keep = ("input_ids", "attention_mask", "token_type_ids", "special_tokens_mask")
+        batch = {k: v for k, v in enc.items() if k in keep}
+        if self.words:
+            rows = [[-1 if w is None else w for w in enc.word_ids(i)] for i in range(len(items))]
+            batch["word_ids"] = torch.tensor(rows, dtype=torch.long)
         batch["example_ids"] = torch.tensor(ids, dtype=torch.long)
         return batch
 
@@ -138,9 +157,9 @@ class ExtractionDataModule(pl.LightningDataModule):
         if self.on_plan is not None:
             self.on_plan(batches)
         return DataLoader(
-            _IndexedTexts(self.dataset),
+            _IndexedInputs(self.dataset),
             batch_sampler=PlannedBatchSampler(batches),
-            collate_fn=Collator(self.tokenizer, self.max_length),
+            collate_fn=Collator(self.tokenizer, self.max_length, words=self.dataset.words_field is not None),
             num_workers=self.num_workers,
             persistent_workers=False,
         )

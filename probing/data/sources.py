@@ -16,7 +16,10 @@ from probing.errors import DatasetError
 class TextDataset(Sequence[dict[str, Any]]):
     """An indexable dataset of examples with a text field and optional metadata fields."""
 
-    def __init__(self, data: Any, text_field: str = "text") -> None:
+    def __init__(self, data: Any, text_field: str = "text", words_field: str | None = None) -> None:
+        self.words_field = words_field
+        if words_field is not None:
+            text_field = words_field  # the input is the word list; text() joins it
         self.text_field = text_field
         self._hf = None
         if _is_hf_dataset(data):
@@ -65,18 +68,27 @@ class TextDataset(Sequence[dict[str, Any]]):
         return self._records[index]
 
     def text(self, index: int) -> str:
-        """The text of example ``index``."""
-        value = self[index][self.text_field]
-        if not isinstance(value, str):
-            raise DatasetError(f"Example {index}: field {self.text_field!r} is a {type(value).__name__}, not a str.")
-        return value
+        """The text of example ``index`` (its words joined by spaces for pre-split input)."""
+        return _as_text(self.model_input(index), index, self.text_field)
 
-    def texts(self, start: int = 0, stop: int | None = None) -> list[str]:
-        """The texts of examples ``start..stop`` (fast column access for HF datasets)."""
+    def model_input(self, index: int) -> str | list[str]:
+        """What the tokenizer gets: the text, or the word list of pre-split input."""
+        value = self[index][self.text_field]
+        return _check_input(value, index, self.text_field, self.words_field is not None)
+
+    def inputs(self, start: int = 0, stop: int | None = None) -> list[Any]:
+        """Tokenizer inputs of examples ``start..stop`` (fast column access for HF datasets)."""
         stop = len(self) if stop is None else stop
         if self._hf is not None:
-            return list(self._hf[start:stop][self.text_field])
-        return [self.text(i) for i in range(start, stop)]
+            values = list(self._hf[start:stop][self.text_field])
+            return [
+                _check_input(v, start + i, self.text_field, self.words_field is not None) for i, v in enumerate(values)
+            ]
+        return [self.model_input(i) for i in range(start, stop)]
+
+    def texts(self, start: int = 0, stop: int | None = None) -> list[str]:
+        """The texts of examples ``start..stop``."""
+        return [_as_text(v, start + i, self.text_field) for i, v in enumerate(self.inputs(start, stop))]
 
     def column(self, field: str) -> list[Any]:
         """All values of a metadata field, in dataset order (None where an example lacks it)."""
@@ -95,10 +107,24 @@ class TextDataset(Sequence[dict[str, Any]]):
         h.update(f"{len(self)}|{self.text_field}|{','.join(self.fields)}".encode())
         step = 4096
         for start in range(0, len(self), step):
-            for t in self.texts(start, min(start + step, len(self))):
+            for t in self.texts(start, min(start + step, len(self))):  # words joined: same content
                 h.update(t.encode("utf-8", "surrogatepass"))
                 h.update(b"\x00")
         return h.hexdigest()[:16]
+
+
+def _check_input(value: Any, index: int, field: str, words: bool) -> Any:
+    if words:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(w, str) for w in value):
+            raise DatasetError(f"Example {index}: field {field!r} must be a list of words (str) for pre-split input.")
+        return list(value)
+    if not isinstance(value, str):
+        raise DatasetError(f"Example {index}: field {field!r} is a {type(value).__name__}, not a str.")
+    return value
+
+
+def _as_text(value: Any, index: int, field: str) -> str:
+    return " ".join(value) if isinstance(value, list) else value
 
 
 def _is_hf_dataset(data: Any) -> bool:

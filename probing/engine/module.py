@@ -25,11 +25,13 @@ class ExtractionModule(pl.LightningModule):
         self.allow_zero_length_dataloader_with_multiple_devices = True
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        activations = self.extractor.forward(batch)
+        out = self.extractor.run(batch)
         mask = batch["attention_mask"]
         return {
             "example_ids": batch["example_ids"],
             "token_counts": mask.sum(dim=1),
             "padded_tokens": int(mask.numel()),
-            "activations": activations,
+            "activations": out.activations,
+            "row_counts": out.row_counts,
+            "row_fields": out.row_fields,
         }

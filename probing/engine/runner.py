@@ -55,6 +55,14 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def _world_size(trainer: dict[str, Any] | None) -> int:
+    """Processes a trainer configuration asks for (devices x nodes), where it can be told up front."""
+    t = trainer or {}
+    devices = t.get("devices", 1)
+    n = len(devices) if isinstance(devices, (list, tuple)) else devices if isinstance(devices, int) else 1
+    return max(1, int(n)) * max(1, int(t.get("num_nodes", 1) or 1))
+
+
 def _trainer_defaults(extractor: ActivationExtractor) -> dict[str, Any]:
     dev = extractor.backend.device
     if dev.type == "cuda":
@@ -92,6 +100,7 @@ class DatasetRunner:
         *,
         run_id: str | None = None,
         text_field: str = "text",
+        words_field: str | None = None,
         max_length: int | None = None,
         bucketing: bool = True,
         max_tokens_per_batch: int | None = None,
@@ -105,7 +114,21 @@ class DatasetRunner:
             raise ConfigError("DatasetRunner needs an extractor and a storage.")
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
-        self.dataset = dataset if isinstance(dataset, TextDataset) else TextDataset(dataset, text_field)
+        self.dataset = dataset if isinstance(dataset, TextDataset) else TextDataset(dataset, text_field, words_field)
+        mode = extractor.strategy.mode
+        if mode == "words" and self.dataset.words_field is None:
+            raise ConfigError(
+                "strategy 'words' needs pre-split input: examples with a list of words (set words_field, "
+                "e.g. data.words_field=words, or load a CoNLL-U file)."
+            )
+        if self.dataset.words_field is not None and not getattr(extractor.backend.tokenizer, "is_fast", False):
+            raise ConfigError("Pre-split (word-level) input needs a fast tokenizer (word_ids); this one is not.")
+        world = _world_size(trainer)
+        if world > 1 and not storage.supports_concurrent_writers:
+            raise ConfigError(
+                f"{type(storage).__name__} takes one writer at a time and this run has {world} processes; "
+                "use the zarr storage (storage=zarr) for multi-process runs."
+            )
         self.batch_size = batch_size
         self.extractor = extractor
         self.storage = storage
@@ -142,7 +165,9 @@ class DatasetRunner:
                 "bucketing": self.bucketing,
                 "max_tokens_per_batch": self.max_tokens_per_batch,
             },
+            "mode": self.extractor.strategy.mode,
             "dataset": {
+                "words_field": self.dataset.words_field,
                 "n_examples": len(self.dataset),
                 "fingerprint": self.dataset.fingerprint(),
                 "text_field": self.dataset.text_field,
@@ -162,7 +187,10 @@ class DatasetRunner:
         ds = self.dataset
         cols: dict[str, list[Any]] = {"text": ds.texts()}
         for f in ds.metadata_fields:
-            cols[f] = ds.column(f)
+            if f != "text":
+                cols[f] = ds.column(f)
+        if ds.words_field is not None:
+            cols["words"] = [list(w) for w in ds.inputs()]  # per-row (word) text of word-level runs
         return cols
 
     def build(self) -> tuple[pl.Trainer, ExtractionModule, ExtractionDataModule, RunWriterCallback]:
@@ -192,6 +220,7 @@ class DatasetRunner:
         # our batch sampler returns every index by construction; Lightning cannot know that
         warnings.filterwarnings("ignore", message=".*custom batch sampler.*")
         warnings.filterwarnings("ignore", message=".*Total length of `DataLoader` across ranks is zero.*")
+        warnings.filterwarnings("ignore", message=".*The `srun` command is available on your system.*")
         warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
         plugins: list[Any] = []
         if SLURMEnvironment.detect():

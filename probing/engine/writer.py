@@ -127,7 +127,11 @@ class RunWriterCallback(BasePredictionWriter):
             )
         counts = prediction["token_counts"].cpu().numpy()
         acts = {k: v.detach().float().cpu().numpy() for k, v in prediction["activations"].items()}
-        self.writer.append(batch_idx, acts, {"example_ids": ids, "token_counts": counts})
+        meta: dict[str, Any] = {"example_ids": ids, "token_counts": counts}
+        if prediction.get("row_counts") is not None:
+            meta["row_counts"] = prediction["row_counts"].cpu().numpy()
+            meta["row_fields"] = {k: v.cpu().numpy() for k, v in prediction["row_fields"].items()}
+        self.writer.append(batch_idx, acts, meta)
         self.examples += len(ids)
         self.real_tokens += int(counts.sum())
         self.padded_tokens += int(prediction["padded_tokens"])

@@ -105,14 +105,22 @@ def total_progress(parts: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def check_batch(activations: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> np.ndarray:
-    """Validate one appended batch; return its example ids as int64."""
+def check_batch(
+    activations: Mapping[str, np.ndarray], metadata: Mapping[str, Any], row_counts: Any = None
+) -> np.ndarray:
+    """Validate one appended batch; return its example ids as int64.
+
+    Pooled batches have one row per example; token-level ones ``sum(row_counts)`` rows.
+    """
     if "example_ids" not in metadata:
         raise ConfigError("RunWriter.append needs metadata['example_ids'] (the dataset index of each row).")
     ids = np.asarray(metadata["example_ids"], dtype=np.int64).reshape(-1)
+    rows = len(ids) if row_counts is None else int(np.sum(row_counts))
+    if row_counts is not None and len(row_counts) != len(ids):
+        raise ConfigError(f"row_counts has {len(row_counts)} entries for {len(ids)} examples.")
     for key, value in activations.items():
-        if value.ndim != 2 or value.shape[0] != len(ids):
-            raise ConfigError(f"Activations of {key!r} have shape {value.shape}; expected ({len(ids)}, dim).")
+        if value.ndim != 2 or value.shape[0] != rows:
+            raise ConfigError(f"Activations of {key!r} have shape {value.shape}; expected ({rows}, dim).")
     return ids
 
 
@@ -252,29 +260,30 @@ class RunReader(ABC):
         return f"{type(self).__name__}({self.path!r}, n_examples={self.n_examples}, layers={self.layers})"
 
 
-def open_run(path: str | os.PathLike[str], run_id: str | None = None) -> RunReader:
+def open_run(path: str | os.PathLike[str], run_id: str | None = None, *, allow_partial: bool = False) -> RunReader:
     """Open a stored run for reading: ``open_run(run.path)`` or ``open_run(root, run_id)``.
 
-    The backend is recognized from the files. A run that never completed is refused with a message
-    that says how to finish it.
+    The backend (Zarr, HDF5, NPZ) is recognized from the files; ``path`` may be an fsspec URL for
+    Zarr. A run that never completed is refused with a message that says how to finish it, unless
+    ``allow_partial=True``, which reads the finished examples only (and says how many).
     """
-    from probing.errors import RunIncompleteError
-    from probing.storage.npz_store import NPZRunReader, is_npz_run
-    from probing.storage.zarr_store import ZarrRunReader, is_zarr_run
+    from probing.storage.hdf5_store import is_hdf5_run, open_hdf5_run
+    from probing.storage.npz_store import is_npz_run, open_npz_run
+    from probing.storage.zarr_store import is_url, is_zarr_run, open_zarr_run
 
-    p = Path(os.fspath(path)) / run_id if run_id else Path(os.fspath(path))
-    reader: RunReader
+    base = os.fspath(path)
+    p = (f"{base.rstrip('/')}/{run_id}" if is_url(base) else str(Path(base) / run_id)) if run_id else base
     if is_zarr_run(p):
-        reader = ZarrRunReader(str(p))
-    elif is_npz_run(p):
-        reader = NPZRunReader(str(p))
-    else:
-        runs = sorted(q.name for q in p.iterdir() if is_zarr_run(q) or is_npz_run(q)) if p.is_dir() else []
-        hint = f" It holds runs: {runs}; pass one as run_id." if runs else ""
-        raise FileNotFoundError(f"No probing run at {p}.{hint}")
-    if not reader.completed:
-        raise RunIncompleteError(
-            f"The run at {p} is not completed (interrupted, or still running). Finish it by running the "
-            "same command again with resume=true."
-        )
-    return reader
+        return open_zarr_run(p, allow_partial)
+    if not is_url(p) and is_hdf5_run(p):
+        return open_hdf5_run(p, allow_partial)
+    if not is_url(p) and is_npz_run(p):
+        return open_npz_run(p, allow_partial)
+    q = Path(p)
+    runs = (
+        sorted(x.name for x in q.iterdir() if is_zarr_run(x) or is_hdf5_run(x) or is_npz_run(x))
+        if not is_url(p) and q.is_dir()
+        else []
+    )
+    hint = f" It holds runs: {runs}; pass one as run_id." if runs else ""
+    raise FileNotFoundError(f"No probing run at {p}.{hint}")

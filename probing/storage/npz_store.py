@@ -1,12 +1,14 @@
-"""NPZ storage: the simple alternative. One ``.npz`` per batch while running, one at the end.
+"""NPZ storage: the seed's simple alternative. One ``.npz`` per flushed batch while running, one at the end.
 
 Layout of a run folder::
 
-    <root>/<run_id>/metadata.json         run metadata (``completed`` set last)
-    <root>/<run_id>/parts/a<attempt>-r<rank>/b<batch>.npz   while running
-    <root>/<run_id>/activations.npz       after finalize: ``layer:<key>`` [n, dim], ``example:<field>`` [n]
+    <run>/metadata.json                       run metadata (``completed`` set last)
+    <run>/parts/a<attempt>-r<rank>/b<n>.npz   while running: each flush of a rank, written atomically
+    <run>/activations.npz                     after finalize: the chunked layout's paths as keys
+                                              (``layers/<key>``, ``examples/<field>``, ...)
 
-Finalize loads every part into memory: use Zarr for runs larger than memory.
+It shares the run logic of the chunked backends (`ChunkedRunWriter`) through `NpzIO`. Finalize
+holds the whole run in memory before writing it: use Zarr for runs larger than memory.
 """
 
 from __future__ import annotations
@@ -21,23 +23,15 @@ from typing import Any
 import numpy as np
 
 from probing.errors import ConfigError
-from probing.faults import fault_point
-from probing.storage.base import (
-    RunReader,
-    RunWriter,
-    Storage,
-    check_batch,
-    check_can_write,
-    check_resume,
-    new_run_id,
-    total_progress,
-    utc_now,
-)
-from probing.storage.zarr_store import STORAGE_DTYPES, _check_exactly_once
+from probing.storage.base import Storage, check_can_write, check_resume, new_run_id, utc_now
+from probing.storage.chunked import ArrayIO, ChunkedRunReader, ChunkedRunWriter
+from probing.storage.zarr_store import STORAGE_DTYPES
+
+RUN_FILE = "activations.npz"
 
 
-def is_npz_run(path: Path) -> bool:
-    meta = path / "metadata.json"
+def is_npz_run(path: str | Path) -> bool:
+    meta = Path(path) / "metadata.json"
     if not meta.is_file():
         return False
     try:
@@ -52,11 +46,146 @@ def _write_json(path: Path, data: Mapping[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+class NpzIO(ArrayIO):
+    """`ArrayIO` over a run folder: parts are batch files, final arrays are held in memory until saved."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._pending: dict[str, dict[str, np.ndarray]] = {}
+        self._mem: dict[str, list[np.ndarray]] = {}
+        self._empty: dict[str, tuple[tuple[int, ...], Any]] = {}
+        self._npz: Any = None
+
+    # paths: "parts/<part>/<name...>" live in batch files; everything else in memory / activations.npz
+    @staticmethod
+    def _split(path: str) -> tuple[str, str] | None:
+        if not path.startswith("parts/"):
+            return None
+        _, part, name = path.split("/", 2)
+        return part, name
+
+    def _files(self, part: str) -> list[Path]:
+        return sorted((self.folder / "parts" / part).glob("b*.npz"))
+
+    def _final(self) -> Any:
+        if self._npz is None and (self.folder / RUN_FILE).exists():
+            self._npz = np.load(self.folder / RUN_FILE, allow_pickle=False)
+        return self._npz
+
+    def get_meta(self) -> dict[str, Any]:
+        return json.loads((self.folder / "metadata.json").read_text())
+
+    def set_meta(self, meta: Mapping[str, Any]) -> None:
+        if meta.get("completed") and self._mem:
+            arrays = {k: self._concat(k) for k in self._mem}
+            tmp = self.folder / ".activations.tmp.npz"
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)  # type: ignore[arg-type]
+            os.replace(tmp, self.folder / RUN_FILE)
+        _write_json(self.folder / "metadata.json", {**meta, "format": "probing-npz"})
+
+    def get_attrs(self, group: str) -> dict[str, Any]:
+        f = self.folder / group / "attrs.json"
+        return json.loads(f.read_text()) if f.is_file() else {}
+
+    def set_attrs(self, group: str, attrs: Mapping[str, Any]) -> None:
+        (self.folder / group).mkdir(parents=True, exist_ok=True)
+        _write_json(self.folder / group / "attrs.json", {**self.get_attrs(group), **attrs})
+
+    def create(self, path: str, shape: tuple[int, ...], chunk_rows: int, dtype: Any, compress: bool) -> None:
+        if self._split(path) is None:
+            self._mem[path] = []
+            self._empty[path] = (shape, dtype)
+
+    def append(self, path: str, data: np.ndarray) -> None:
+        split = self._split(path)
+        if split is None:
+            self._mem.setdefault(path, []).append(np.asarray(data))
+            return
+        part, name = split
+        self._pending.setdefault(part, {})[name] = np.asarray(data)
+        if name == "ids":  # the writer appends ids last: one batch file per flush, written atomically
+            folder = self.folder / "parts" / part
+            folder.mkdir(parents=True, exist_ok=True)
+            target = folder / f"b{len(self._files(part)):08d}.npz"
+            tmp = folder / f".{target.name}.tmp"
+            with open(tmp, "wb") as f:
+                np.savez(f, **self._pending.pop(part))  # type: ignore[arg-type]
+            os.replace(tmp, target)
+
+    def _concat(self, path: str) -> np.ndarray:
+        pieces = self._mem.get(path, [])
+        if pieces:
+            return np.concatenate(pieces)
+        shape, dtype = self._empty.get(path, ((), np.float32))
+        return np.zeros((0, *shape), dtype=dtype)
+
+    def read(self, path: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        split = self._split(path)
+        if split is not None:
+            part, name = split
+            pieces = []
+            for f in self._files(part):
+                with np.load(f) as z:
+                    if name in z.files:
+                        pieces.append(z[name])
+            data = np.concatenate(pieces) if pieces else np.zeros(0)
+        elif path in self._mem:
+            data = self._concat(path)
+        else:
+            final = self._final()
+            if final is None or path not in final.files:
+                raise KeyError(path)
+            data = final[path]
+        return data[start:stop]
+
+    def shape(self, path: str) -> tuple[int, ...]:
+        return tuple(self.read(path).shape)
+
+    def exists(self, path: str) -> bool:
+        split = self._split(path)
+        if split is not None:
+            part, name = split
+            return any(name in np.load(f).files for f in self._files(part)[:1])
+        final = self._final()
+        return path in self._mem or (final is not None and path in final.files)
+
+    def native(self, path: str) -> Any:
+        return self.read(path)
+
+    def children(self, group: str) -> list[str]:
+        if group == "parts":
+            d = self.folder / "parts"
+            return sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
+        return []
+
+    def arrays(self, group: str) -> list[str]:
+        split = self._split(group + "/")
+        if split is None:
+            return []
+        part, prefix = split
+        files = self._files(part)[:1]
+        return sorted(k[len(prefix) :] for f in files for k in np.load(f).files if k.startswith(prefix))
+
+    def delete(self, group: str) -> None:
+        if group == "parts":
+            shutil.rmtree(self.folder / "parts", ignore_errors=True)
+
+    def ensure_group(self, group: str) -> None:
+        if group.startswith("parts"):
+            (self.folder / group).mkdir(parents=True, exist_ok=True)
+
+    def write_strings(self, path: str, values: Sequence[str]) -> None:
+        self._mem[path] = [np.asarray(list(values), dtype=str)]
+
+
 class NPZStorage(Storage):
     """Runs as folders of ``.npz`` files under ``root`` (float32 or float16)."""
 
     def __init__(self, root: str, *, dtype: str = "float32") -> None:
         super().__init__(root)
+        if "://" in str(root):
+            raise ConfigError("The NPZ storage writes local files only; use zarr for URLs.")
         if dtype not in STORAGE_DTYPES:
             raise ConfigError(f"Storage dtype {dtype!r} is not supported; expected one of {STORAGE_DTYPES}.")
         self.dtype = np.dtype(dtype)
@@ -72,15 +201,15 @@ class NPZStorage(Storage):
         rank: int = 0,
         world_size: int = 1,
         resume: bool = False,
-    ) -> NPZRunWriter:
+    ) -> ChunkedRunWriter:
         run_id = run_id or new_run_id()
         path = Path(self.run_path(run_id))
         meta = dict(metadata or {})
         meta.setdefault("storage", self.describe())
-        meta_file = path / "metadata.json"
+        io = NpzIO(path)
         if rank == 0:
             if is_npz_run(path):
-                old = json.loads(meta_file.read_text())
+                old = io.get_meta()
                 check_can_write(str(path), bool(old.get("completed")), resume)
                 if metadata is not None:
                     check_resume(old, meta)
@@ -90,127 +219,24 @@ class NPZStorage(Storage):
                 if path.exists() and any(path.iterdir()):
                     raise ConfigError(f"{path} exists and is not a probing run; choose another run_id or folder.")
                 (path / "parts").mkdir(parents=True, exist_ok=True)
-                meta.update(
-                    format="probing-npz",
-                    run_id=run_id,
-                    completed=False,
-                    attempts=0,
-                    created=meta.get("created", utc_now()),
-                )
-            _write_json(meta_file, meta)
+                meta.update(run_id=run_id, completed=False, attempts=0, created=meta.get("created", utc_now()))
+            io.set_meta(meta)
         else:
-            meta = json.loads(meta_file.read_text())
-        return NPZRunWriter(self, run_id, path, meta, rank=rank, world_size=world_size)
+            meta = io.get_meta()
+        # chunk_rows=1: every batch is flushed to its own file at once (files are the unit here)
+        return ChunkedRunWriter(
+            io,
+            run_id,
+            str(path),
+            meta,
+            rank=rank,
+            world_size=world_size,
+            dtype=self.dtype,
+            chunk_rows=1,
+            compress=False,
+            merge_block_bytes=2**62,
+        )
 
 
-class NPZRunWriter(RunWriter):
-    """Writes each batch to its own file (atomically renamed), merged by `finalize`."""
-
-    def __init__(
-        self, storage: NPZStorage, run_id: str, path: Path, meta: dict[str, Any], *, rank: int, world_size: int
-    ) -> None:
-        self.storage = storage
-        self.run_id = run_id
-        self.path = str(path)
-        self._root = path
-        self.meta = meta
-        self.rank = rank
-        self.world_size = world_size
-        self.part = path / "parts" / f"a{int(meta.get('attempts', 0)):03d}-r{rank:05d}"
-        self.part.mkdir(parents=True, exist_ok=True)
-        self._keys: list[str] = list(meta.get("layers", []))
-        self.rows_written = 0
-
-    def append(self, batch_id: int, activations: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> None:
-        ids = check_batch(activations, metadata)
-        if len(ids) == 0:
-            return
-        arrays = {f"layer:{k}": np.asarray(v, dtype=self.storage.dtype) for k, v in activations.items()}
-        for k in activations:
-            if k not in self._keys:
-                self._keys.append(k)
-        counts = metadata.get("token_counts")
-        arrays["token_counts"] = np.asarray(counts if counts is not None else np.zeros(len(ids)), dtype=np.int32)
-        arrays["ids"] = ids
-        target = self.part / f"b{int(batch_id):08d}.npz"
-        tmp = self.part / f".b{int(batch_id):08d}.tmp.npz"
-        np.savez(tmp, **arrays)  # type: ignore[arg-type]
-        os.replace(tmp, target)
-        self.rows_written += len(ids)
-        fault_point("after_flush")
-
-    def close(self) -> None:
-        pass
-
-    def record_progress(self, progress: Mapping[str, Any]) -> None:
-        _write_json(self.part / "progress.json", {**progress, "rows_stored": self.rows_written, "updated": utc_now()})
-
-    def _files(self) -> list[Path]:
-        return sorted((self._root / "parts").glob("*/b*.npz"))
-
-    def done_ids(self) -> np.ndarray:
-        found = [np.load(f)["ids"] for f in self._files()]
-        return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
-
-    def finalize(
-        self, example_metadata: Mapping[str, Sequence[Any]] | None = None, *, stats: Mapping[str, Any] | None = None
-    ) -> dict[str, Any]:
-        meta_file = self._root / "metadata.json"
-        meta = json.loads(meta_file.read_text())
-        keys = list(meta.get("layers") or self._keys)
-        loaded = [dict(np.load(f)) for f in self._files()]
-        all_ids = np.concatenate([d["ids"] for d in loaded]) if loaded else np.zeros(0, dtype=np.int64)
-        n = int(meta.get("dataset", {}).get("n_examples", int(all_ids.max()) + 1 if len(all_ids) else 0))
-        _check_exactly_once(all_ids, n, self.path)
-        order = np.argsort(all_ids, kind="stable")
-        out: dict[str, np.ndarray] = {}
-        for key in keys:
-            if loaded:
-                out[f"layer:{key}"] = np.concatenate([d[f"layer:{key}"] for d in loaded])[order]
-            else:
-                out[f"layer:{key}"] = np.zeros((0, int(meta.get("hidden_size") or 0)), dtype=self.storage.dtype)
-        counts = np.concatenate([d["token_counts"] for d in loaded])[order] if loaded else np.zeros(0, np.int32)
-        out["example:token_counts"] = counts
-        fields = ["token_counts"]
-        for field, values in (example_metadata or {}).items():
-            if len(values) != n:
-                raise ConfigError(f"Metadata field {field!r} has {len(values)} values for {n} examples.")
-            arr = np.asarray(values)
-            if arr.dtype.kind not in "iufbU":
-                arr = np.asarray([json.dumps(v) for v in values])
-                meta.setdefault("json_fields", []).append(field)
-            out[f"example:{field}"] = arr
-            fields.append(field)
-        tmp = self._root / ".activations.tmp.npz"
-        np.savez(tmp, **out)  # type: ignore[arg-type]
-        os.replace(tmp, self._root / "activations.npz")
-        meta.update(layers=keys, example_fields=fields, completed=True, finished=utc_now())
-        meta.setdefault("dataset", {})["n_examples"] = n
-        progress = {f.parent.name: json.loads(f.read_text()) for f in (self._root / "parts").glob("*/progress.json")}
-        meta["stats"] = {"total": total_progress(progress), **(stats or {}), "parts": progress}
-        fault_point("finalize")
-        _write_json(meta_file, meta)  # the completed flag goes last, then the parts are clean-up
-        shutil.rmtree(self._root / "parts", ignore_errors=True)
-        return meta
-
-
-class NPZRunReader(RunReader):
-    """Reads an NPZ run written by `NPZRunWriter`."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.metadata = json.loads((Path(path) / "metadata.json").read_text())
-
-    def _npz(self) -> Any:
-        return np.load(Path(self.path) / "activations.npz")
-
-    def activations(self, layer: int | str) -> np.ndarray:
-        return np.asarray(self._npz()[f"layer:{self.layer_key(layer)}"])
-
-    def example_metadata(self, field: str) -> np.ndarray:
-        if field not in self.example_fields:
-            raise KeyError(f"No per-example field {field!r}; stored: {self.example_fields}.")
-        values = self._npz()[f"example:{field}"]
-        if field in self.metadata.get("json_fields", []):
-            return np.asarray([json.loads(v) for v in values], dtype=object)
-        return np.asarray(values)
+def open_npz_run(path: str, allow_partial: bool = False) -> ChunkedRunReader:
+    return ChunkedRunReader(NpzIO(Path(path)), path, allow_partial)

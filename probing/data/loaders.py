@@ -1,0 +1,133 @@
+"""Load datasets for real use: the built-in set, local CSV / JSONL / Parquet files, CoNLL-U treebanks,
+and Hugging Face datasets by name. Each returns what `TextDataset` accepts."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from probing.errors import ConfigError, DatasetError
+
+FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+CONLLU_COLUMNS = ("id", "form", "lemma", "upos", "xpos", "feats", "head", "deprel", "deps", "misc")
+
+
+def _paths(path: str | Sequence[str] | None, what: str) -> list[Path]:
+    if path is None or path == "" or (not isinstance(path, str) and len(path) == 0):
+        raise ConfigError(f"{what} needs data.path (a file, or a list of files).")
+    paths = [Path(os.path.expanduser(p)) for p in ([path] if isinstance(path, str) else path)]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise DatasetError(f"Data file(s) not found: {missing}.")
+    return paths
+
+
+def read_conllu(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """Sentences of a CoNLL-U file as dicts: ``words`` plus one list per column (``upos``, ``xpos``,
+    ``lemma``, ``deprel``, ``head``), and ``sent_id`` / ``text`` from the comments.
+
+    Multiword-token lines (``1-2``) and empty nodes (``1.1``) are skipped: words are the syntactic
+    words that carry the tags.
+    """
+    sent: dict[str, Any] = {}
+    rows: list[list[str]] = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            if not line:
+                if rows:
+                    yield _sentence(sent, rows)
+                sent, rows = {}, []
+            elif line.startswith("#"):
+                key, _, value = line[1:].partition("=")
+                if value:
+                    sent[key.strip()] = value.strip()
+            else:
+                cols = line.split("\t")
+                if len(cols) != 10:
+                    raise DatasetError(
+                        f"{path}:{lineno}: a CoNLL-U word line has 10 tab-separated columns, this one {len(cols)}."
+                    )
+                if "-" in cols[0] or "." in cols[0]:
+                    continue
+                rows.append(cols)
+    if rows:
+        yield _sentence(sent, rows)
+
+
+def _sentence(comments: dict[str, Any], rows: list[list[str]]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "sent_id": comments.get("sent_id", ""),
+        "text": comments.get("text", " ".join(r[1] for r in rows)),
+        "words": [r[1] for r in rows],
+    }
+    for name in ("lemma", "upos", "xpos", "deprel"):
+        out[name] = [r[CONLLU_COLUMNS.index(name)] for r in rows]
+    out["head"] = [int(r[6]) if r[6].isdigit() else -1 for r in rows]
+    return out
+
+
+def _split_name(path: Path) -> str:
+    for name in ("train", "dev", "test", "validation"):
+        if f"-{name}" in path.stem or f"_{name}" in path.stem or path.stem == name:
+            return name
+    return path.stem
+
+
+def load_conllu(path: str | Sequence[str]) -> list[dict[str, Any]]:
+    """Sentences of one or more CoNLL-U files; each gets a ``split`` from its file name (train/dev/test)."""
+    out: list[dict[str, Any]] = []
+    for p in _paths(path, "data.source=conllu"):
+        split = _split_name(p)
+        out.extend({**s, "split": split} for s in read_conllu(p))
+    return out
+
+
+def load_files(path: str | Sequence[str], fmt: str | None = None) -> Any:
+    """Local CSV / TSV / JSON / JSONL / Parquet files as a ``datasets.Dataset``."""
+    paths = _paths(path, "data.source=files")
+    if fmt is None:
+        kinds = {FILE_FORMATS.get(p.suffix.lower()) for p in paths}
+        if None in kinds or len(kinds) != 1:
+            raise ConfigError(
+                f"Cannot tell the format of {[str(p) for p in paths]}; set data.format to csv, json "
+                "or parquet (one format per run)."
+            )
+        fmt = kinds.pop()
+    import datasets
+
+    kwargs: dict[str, Any] = {"sep": "\t"} if fmt == "csv" and paths[0].suffix.lower() == ".tsv" else {}
+    return datasets.load_dataset(fmt, data_files=[str(p) for p in paths], split="train", **kwargs)
+
+
+def load_hf(name: str, config: str | None = None, split: str = "train") -> Any:
+    """A Hugging Face dataset by name: needs the hub or a local cache."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(name, config, split=split)
+    except Exception as exc:  # noqa: BLE001 - datasets raises many kinds; all mean "not reachable / not there"
+        raise DatasetError(
+            f"Could not load the Hugging Face dataset {name!r} (config {config!r}, split {split!r}): {exc}. "
+            "It needs the hub or a local cache (HF_DATASETS_OFFLINE=1 uses the cache only); for local files "
+            "use data=files data.path=..., or data=conllu for treebanks."
+        ) from exc
+
+
+def select_fields(data: Any, fields: Sequence[str] | None, keep: Sequence[str]) -> Any:
+    """Keep only ``fields`` (plus the input fields in ``keep``); None keeps everything."""
+    if not fields:
+        return data
+    wanted = list(dict.fromkeys([*keep, *fields]))
+    if hasattr(data, "column_names"):
+        missing = [f for f in wanted if f not in data.column_names]
+        if missing:
+            raise DatasetError(f"Fields {missing} are not in the dataset; its fields are {data.column_names}.")
+        return data.select_columns(wanted)
+    present = set().union(*(r.keys() for r in data)) if data else set()
+    missing = [f for f in wanted if f not in present]
+    if missing:
+        raise DatasetError(f"Fields {missing} are not in the dataset; its fields are {sorted(present)}.")
+    return [{k: r.get(k) for k in wanted} for r in data]
