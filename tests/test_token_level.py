@@ -124,8 +124,10 @@ def test_every_backend_dtype_and_mode_round_trips(tmp_path, tiny_models, sentenc
     assert len(ds) == len(data)
     item = ds[5]
     offs = r.offsets
-    np.testing.assert_array_equal(item["blocks.3"].numpy(), r.activations(-1)[offs[5] : offs[6]].squeeze(0)
-                                  if mode == "pooled" else r.activations(-1)[offs[5] : offs[6]])
+    np.testing.assert_array_equal(
+        item["blocks.3"].numpy(),
+        r.activations(-1)[offs[5] : offs[6]].squeeze(0) if mode == "pooled" else r.activations(-1)[offs[5] : offs[6]],
+    )
     xa = r.to_xarray()
     assert xa.dims == ("layer", "example" if mode == "pooled" else "row", "hidden")
     assert list(xa.coords["layer"].values) == ["embeddings", "blocks.3"]

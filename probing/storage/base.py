@@ -269,9 +269,9 @@ def open_run(path: str | os.PathLike[str], run_id: str | None = None, *, allow_p
     """
     from probing.storage.hdf5_store import is_hdf5_run, open_hdf5_run
     from probing.storage.npz_store import is_npz_run, open_npz_run
-    from probing.storage.zarr_store import is_url, is_zarr_run, open_zarr_run
+    from probing.storage.zarr_store import is_url, is_zarr_run, open_zarr_run, strip_file_url
 
-    base = os.fspath(path)
+    base = strip_file_url(os.fspath(path))
     p = (f"{base.rstrip('/')}/{run_id}" if is_url(base) else str(Path(base) / run_id)) if run_id else base
     if is_zarr_run(p):
         return open_zarr_run(p, allow_partial)

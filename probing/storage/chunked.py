@@ -386,7 +386,6 @@ class PartsView:
         return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
 
 
-
 class ChunkedRunReader(RunReader):
     """Reads a run through an `ArrayIO`, in dataset order.
 

@@ -30,6 +30,11 @@ def is_url(path: str) -> bool:
     return "://" in path
 
 
+def strip_file_url(path: str) -> str:
+    """``file:///a/b`` -> ``/a/b``: local folders are handled as paths (created as needed)."""
+    return path[len("file://") :] if path.startswith("file://") else path
+
+
 def _compressors(name: str, level: int | None) -> Any:
     if name == "none":
         return None
@@ -169,7 +174,7 @@ class ZarrStorage(Storage):
         shard_chunks: int | None = None,
         merge_block_bytes: int = 64 * 2**20,
     ) -> None:
-        super().__init__(root)
+        super().__init__(strip_file_url(str(root)))
         if dtype not in STORAGE_DTYPES:
             raise ConfigError(
                 f"Storage dtype {dtype!r} is not supported; expected one of {STORAGE_DTYPES}. "

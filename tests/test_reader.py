@@ -1,0 +1,102 @@
+"""The reader beyond the round trip: URLs, partial runs, bounded-memory reading, empty runs."""
+
+from __future__ import annotations
+
+import tracemalloc
+import warnings
+
+import numpy as np
+import pytest
+
+from probing import HDF5Storage, NPZStorage, ZarrStorage, open_run
+from probing.errors import ConfigError, RunIncompleteError
+
+
+def write(storage, run_id, n, dim=8, finalize=True, seed=0):  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(seed)
+    data = rng.normal(size=(n, dim)).astype(np.float32)
+    w = storage.open_run(run_id, metadata={"layers": ["x"], "dataset": {"n_examples": n}, "hidden_size": dim})
+    order = rng.permutation(n)
+    for b, s in enumerate(range(0, n, 7)):
+        ids = order[s : s + 7]
+        w.append(b, {"x": data[ids]}, {"example_ids": ids, "token_counts": ids % 5 + 1})
+    if finalize:
+        w.finalize({"text": [f"é{i}" for i in range(n)]})
+    else:
+        w.close()
+    return data, w
+
+
+@pytest.mark.parametrize("url", ["memory://probing-test", "file://{tmp}"])
+def test_zarr_runs_at_fsspec_urls(tmp_path, url):
+    root = url.format(tmp=tmp_path)
+    data, w = write(ZarrStorage(root, chunk_rows=4), "r", 30)
+    r = open_run(root, "r")
+    np.testing.assert_array_equal(r.activations("x"), data)
+    assert list(r.example_metadata("text"))[:2] == ["é0", "é1"]
+    assert w.path.endswith("/r") and w.path.startswith("memory://" if "memory" in url else str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "make", [lambda p: ZarrStorage(p, chunk_rows=7), lambda p: HDF5Storage(p, chunk_rows=7), NPZStorage]
+)
+def test_partial_runs_are_refused_unless_asked(tmp_path, make):
+    data, w = write(make(str(tmp_path)), "p", 40, finalize=False)
+    with pytest.raises(RunIncompleteError, match="allow_partial"):
+        open_run(tmp_path / "p")
+    if hasattr(w.io, "close"):
+        w.io.close()
+    with pytest.warns(UserWarning, match=r"\d+ of 40 examples are finished"):
+        r = open_run(tmp_path / "p", allow_partial=True)
+    ids = r.example_ids
+    assert len(ids) == r.n_examples > 0
+    np.testing.assert_array_equal(r.activations("x"), data[ids])
+    np.testing.assert_array_equal(r.example_metadata("token_counts"), ids % 5 + 1)
+
+
+def test_iter_batches_reads_more_than_the_memory_budget_in_batches(tmp_path):
+    n, dim = 40_000, 256  # 41 MB of float32
+    storage = ZarrStorage(str(tmp_path), chunk_rows=1024)
+    w = storage.open_run("big", metadata={"layers": ["x"], "dataset": {"n_examples": n}})
+    for s in range(0, n, 2000):
+        ids = np.arange(s, s + 2000)
+        w.append(s, {"x": np.full((2000, dim), s, np.float32)}, {"example_ids": ids})
+    w.finalize()
+    r = open_run(tmp_path / "big")
+    budget = 16 * 2**20  # the layer is 41 MB
+    tracemalloc.start()
+    total = 0
+    for batch in r.iter_batches("x", 2048):
+        total += len(batch)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert total == n
+    assert peak < budget, f"peak {peak / 2**20:.1f} MiB while reading {n * dim * 4 / 2**20:.0f} MiB"
+    ds = r.torch_dataset()
+    tracemalloc.start()
+    for i in range(0, n, 97):
+        assert float(ds[i]["x"][0]) == (i // 2000) * 2000
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < budget
+
+
+@pytest.mark.parametrize("make", [ZarrStorage, HDF5Storage, NPZStorage])
+def test_empty_runs_for_every_backend(tmp_path, make):
+    w = make(str(tmp_path)).open_run("e", metadata={"layers": ["x"], "dataset": {"n_examples": 0}, "hidden_size": 4})
+    w.finalize({"text": []})
+    r = open_run(tmp_path / "e")
+    assert r.activations("x").shape == (0, 4) and r.n_examples == 0
+    assert list(r.iter_batches("x", 3)) == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert r.to_xarray().shape == (1, 0, 4)
+
+
+def test_hdf5_refuses_several_processes_before_compute(tmp_path, tiny_models):
+    from probing import ActivationExtractor, DatasetRunner, ModelBackend
+
+    extractor = ActivationExtractor(ModelBackend().load_model(tiny_models["bert"]), layers=[0])
+    with pytest.raises(ConfigError, match="one writer at a time.*zarr"):
+        DatasetRunner(["a"], 2, extractor, HDF5Storage(str(tmp_path)), trainer={"devices": 2, "strategy": "ddp"})
+    assert not any(tmp_path.iterdir())
