@@ -24,19 +24,17 @@ def _human(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-def describe_run(path: str | os.PathLike[str]) -> str:
-    """A readable summary of a run folder: metadata, progress and the stored arrays with sizes."""
+def _arrays_of(p: Path) -> tuple[dict[str, Any], list[tuple[str, tuple[int, ...], str, int]]]:
+    """Metadata and (name, shape, dtype, bytes on disk) of every stored array of a run folder."""
+    from probing.storage.hdf5_store import PARTS_FILE, RUN_FILE, is_hdf5_run
     from probing.storage.npz_store import is_npz_run
     from probing.storage.zarr_store import is_zarr_run
 
-    p = Path(path)
-    lines: list[str] = []
     arrays: list[tuple[str, tuple[int, ...], str, int]] = []
     if is_zarr_run(p):
         import zarr
 
         group: Any = zarr.open_group(str(p), mode="r")
-        meta: dict[str, Any] = dict(group.attrs["probing"])
 
         def walk(g: Any, prefix: str) -> None:
             for name, arr in g.arrays():
@@ -45,16 +43,43 @@ def describe_run(path: str | os.PathLike[str]) -> str:
                 walk(sub, f"{prefix}{name}/")
 
         walk(group, "")
-    elif is_npz_run(p):
+        return dict(group.attrs["probing"]), arrays
+    if is_hdf5_run(p):
+        import h5py
+
+        meta: dict[str, Any] = {}
+        for fname in (RUN_FILE, PARTS_FILE):
+            if not (p / fname).exists():
+                continue
+            with h5py.File(p / fname, "r") as f:
+                if fname == RUN_FILE:
+                    meta = json.loads(f.attrs["probing"])
+                f.visititems(
+                    lambda name, obj: (
+                        arrays.append((name, obj.shape, str(obj.dtype), obj.id.get_storage_size()))
+                        if isinstance(obj, h5py.Dataset)
+                        else None
+                    )
+                )
+        return meta, arrays
+    if is_npz_run(p):
         meta = json.loads((p / "metadata.json").read_text())
         npz = p / "activations.npz"
         if npz.exists():
             with np.load(npz) as data:
-                for k in data.files:
-                    a = data[k]
-                    arrays.append((k, a.shape, str(a.dtype), a.nbytes))
-    else:
-        raise FileNotFoundError(f"No probing run at {p}.")
+                arrays.extend((k, data[k].shape, str(data[k].dtype), data[k].nbytes) for k in data.files)
+        for part in sorted((p / "parts").glob("*")) if (p / "parts").is_dir() else []:
+            files = list(part.glob("b*.npz"))
+            arrays.append((f"parts/{part.name} ({len(files)} batch files)", (), "", sum(_size(f) for f in files)))
+        return meta, arrays
+    raise FileNotFoundError(f"No probing run at {p}.")
+
+
+def describe_run(path: str | os.PathLike[str]) -> str:
+    """A readable summary of a run folder: metadata, progress and the stored arrays with sizes."""
+    p = Path(path)
+    lines: list[str] = []
+    meta, arrays = _arrays_of(p)
     model = meta.get("model", {})
     ds = meta.get("dataset", {})
     lines.append(
@@ -62,7 +87,7 @@ def describe_run(path: str | os.PathLike[str]) -> str:
     )
     lines.append(f"path        {p}")
     lines.append(f"model       {model.get('name_or_path')} ({model.get('model_type')}, {model.get('dtype')})")
-    lines.append(f"strategy    {meta.get('strategy')}")
+    lines.append(f"strategy    {meta.get('strategy')}   mode {meta.get('mode', 'pooled')}")
     lines.append(f"layers      {', '.join(meta.get('layers', []))}")
     lines.append(f"dataset     {ds.get('n_examples')} examples, fingerprint {ds.get('fingerprint')}")
     lines.append(f"max_length  {meta.get('max_length')}   storage {meta.get('storage')}")
@@ -84,21 +109,11 @@ def info_main(args: list[str]) -> int:
     if not args or args[0] in ("-h", "--help"):
         print("usage: python -m probing info <run path> [--json]")
         return 0 if args else 2
-    path = args[0]
     try:
         if "--json" in args:
-            from probing.storage.npz_store import is_npz_run
-
-            p = Path(path)
-            if is_npz_run(p):
-                print((p / "metadata.json").read_text())
-            else:
-                import zarr
-
-                group: Any = zarr.open_group(path, mode="r")
-                print(json.dumps(dict(group.attrs["probing"]), indent=2))
+            print(json.dumps(_arrays_of(Path(args[0]))[0], indent=2, default=str))
         else:
-            print(describe_run(path))
+            print(describe_run(args[0]))
     except FileNotFoundError as exc:
         print(f"probing: error: {exc}")
         return 2
