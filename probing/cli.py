@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("probing")
@@ -42,6 +43,22 @@ def build_dataset(data_cfg: Any) -> Any:
     return data
 
 
+def _output_location(cfg: Any) -> tuple[str, str | None, list[str]]:
+    """Where the run goes: ``output_dir``/``run_id``; in a Hydra multirun, ``<sweep dir>/job<N>``."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+    except (ImportError, ValueError):
+        return str(cfg.output_dir), cfg.run_id, []
+    overrides = list(hc.overrides.task)
+    if hc.mode == RunMode.MULTIRUN:
+        name = f"job{hc.job.num}" if cfg.run_id is None else f"{cfg.run_id}-{hc.job.num}"
+        return str(hc.sweep.dir), name, overrides
+    return str(cfg.output_dir), cfg.run_id, overrides
+
+
 def run_job(cfg: Any) -> Any:
     """Run the extraction job described by a composed config; returns the `RunResult`."""
     from omegaconf import OmegaConf
@@ -53,9 +70,10 @@ def run_job(cfg: Any) -> Any:
     from probing.strategies import get_strategy
 
     config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    output_dir, run_id, overrides = _output_location(cfg)
     dataset = build_dataset(cfg.data)
     storage_opts = {k: v for k, v in config["storage"].items() if k != "backend"}
-    storage = get_storage(cfg.storage.backend, cfg.output_dir, **storage_opts)
+    storage = get_storage(cfg.storage.backend, output_dir, **storage_opts)
     strategy = get_strategy(cfg.strategy.name, **{k: v for k, v in config["strategy"].items() if k != "name"})
     model = ModelBackend().load_model(
         cfg.model.name_or_path,
@@ -73,7 +91,7 @@ def run_job(cfg: Any) -> Any:
         batch_size=int(d.batch_size),
         extractor=extractor,
         storage=storage,
-        run_id=cfg.run_id,
+        run_id=run_id,
         text_field=d.text_field,
         words_field=d.get("words_field"),
         max_length=d.max_length,
@@ -84,6 +102,7 @@ def run_job(cfg: Any) -> Any:
         trainer=dict(config["trainer"]),
         progress=bool(cfg.progress),
         config=config,
+        overrides=overrides,
     )
     result = runner.run()
     if result.global_rank == 0:
@@ -118,6 +137,59 @@ def _hydra_entry() -> None:
     _main()
 
 
+def check_overrides(args: list[str]) -> str | None:
+    """Return an error message if an override names a key or group that does not exist (None if all do).
+
+    Hydra's own message for a wrong key does not say which keys exist; this one lists them.
+    """
+    from hydra import compose, initialize_config_module
+    from omegaconf import DictConfig
+
+    from probing.errors import close_matches
+
+    items = [a for a in args if "=" in a and not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
+    conf_dir = Path(__file__).resolve().parent / "conf"
+    try:
+        import probing.conf as conf_pkg
+
+        conf_dir = Path(next(iter(conf_pkg.__path__)))
+    except (ImportError, StopIteration):
+        pass
+    groups = sorted(p.name for p in conf_dir.iterdir() if p.is_dir() and not p.name.startswith("_"))
+    selections = []
+    for item in items:
+        key, _, value = item.partition("=")
+        name = key.lstrip("+~")
+        if "." not in name and name in groups:
+            selections.append(f"{key}={value.split(',')[0]}")
+    try:
+        with initialize_config_module("probing.conf", version_base="1.3"):
+            cfg = compose("config", overrides=selections)
+    except Exception as exc:  # noqa: BLE001 - Hydra's own message (it lists the options of a group)
+        return str(exc)
+    for item in items:
+        key = item.partition("=")[0]
+        name = key.lstrip("+~")
+        if key.startswith("+") and "." not in name and name not in groups and name not in cfg:
+            return f"no config group {name!r}.{close_matches(name, groups)} Config groups: {groups}."
+        if key.startswith(("+", "~")) or name in groups:
+            continue
+        node: Any = cfg
+        walked: list[str] = []
+        for part in key.split("."):
+            if not isinstance(node, DictConfig) or part not in node:
+                where = ".".join(walked) or "the top level"
+                valid = sorted(str(k) for k in node.keys()) if isinstance(node, DictConfig) else []
+                hint = close_matches(part, valid)
+                return (
+                    f"unknown option {key!r}: no {part!r} at {where}.{hint} Valid there: {valid}. "
+                    f"Config groups: {groups} (model and strategy are selected with a plus: +model=distilbert)."
+                )
+            walked.append(part)
+            node = node[part]
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m probing`` and the ``probing`` script."""
     args = sys.argv[1:] if argv is None else argv
@@ -127,4 +199,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(info_main(args[1:]))
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
+    problem = check_overrides(args)
+    if problem is not None:
+        print(f"probing: error: {problem}", file=sys.stderr)
+        sys.exit(2)
     _hydra_entry()

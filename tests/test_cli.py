@@ -55,3 +55,31 @@ def test_errors_are_one_clear_line_and_exit_2(tmp_path, tiny_models):
     proc = cli(f"model.name_or_path={tiny_models['bert']}", "layers=[9]", "data.limit=4", cwd=tmp_path)
     assert proc.returncode == 2 and "out of range" in proc.stderr
     assert not (tmp_path / "runs").exists()  # nothing half-written
+
+
+def test_wrong_keys_and_groups_list_the_valid_choices(tmp_path):
+    proc = cli("data.limt=5", cwd=tmp_path)
+    assert proc.returncode == 2 and "Did you mean: 'limit'" in proc.stderr and "max_length" in proc.stderr
+    proc = cli("+modle=gpt2", cwd=tmp_path)
+    assert proc.returncode == 2 and "Did you mean: 'model'" in proc.stderr
+    proc = cli("+model=gpt3", cwd=tmp_path)
+    assert proc.returncode == 2 and "Available options in 'model'" in proc.stderr and "gpt2" in proc.stderr
+
+
+def test_two_job_multirun_writes_runs_and_a_summary(tmp_path, tiny_models):
+    proc = cli(
+        "-m",
+        "+strategy=mean,last",
+        f"model.name_or_path={tiny_models['bert']}",
+        "layers=1",
+        "data.limit=12",
+        "progress=false",
+        "hydra.sweep.dir=sweep",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = [open_run(tmp_path / "sweep" / f"job{i}") for i in (0, 1)]
+    assert [r.metadata["strategy"]["name"] for r in runs] == ["mean", "last"]
+    assert all(r.layers == ["blocks.1"] and r.n_examples == 12 for r in runs)
+    summary = (tmp_path / "sweep" / "summary.csv").read_text()
+    assert "job0" in summary and "job1" in summary and "+strategy=last" in summary

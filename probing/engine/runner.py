@@ -109,6 +109,7 @@ class DatasetRunner:
         trainer: dict[str, Any] | None = None,
         progress: bool = True,
         config: dict[str, Any] | None = None,
+        overrides: list[str] | None = None,
     ) -> None:
         if extractor is None or storage is None:
             raise ConfigError("DatasetRunner needs an extractor and a storage.")
@@ -142,6 +143,7 @@ class DatasetRunner:
         self.trainer_kwargs = {**_trainer_defaults(extractor), **(trainer or {})}
         self.progress = progress
         self.config = config or {}
+        self.overrides = overrides or []
         self.preemption = PreemptionHandler()
 
     def metadata(self, fingerprint: str) -> dict[str, Any]:
@@ -179,6 +181,7 @@ class DatasetRunner:
             },
             "versions": package_versions(),
             "config": self.config,
+            "overrides": self.overrides,
             "created": utc_now(),
         }
 

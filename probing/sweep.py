@@ -1,0 +1,78 @@
+"""Hydra multirun support: a callback that writes a summary table of the sweep's runs at the end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+def summarize_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """One row per completed or incomplete run under ``sweep_dir`` (and its probe results, if any)."""
+    from probing.storage.base import open_run
+
+    rows = []
+    for path in sorted(Path(sweep_dir).rglob("*")):
+        if not path.is_dir():
+            continue
+        try:
+            reader = open_run(path, allow_partial=True)
+        except (FileNotFoundError, OSError):
+            continue
+        except Exception as exc:  # noqa: BLE001 - a broken run is reported, not fatal to the summary
+            rows.append({"run": str(path), "error": str(exc)})
+            continue
+        meta = reader.metadata
+        total = meta.get("stats", {}).get("total", {})
+        row: dict[str, Any] = {
+            "run": str(path.relative_to(sweep_dir)),
+            "overrides": " ".join(meta.get("overrides", [])),
+            "model": meta.get("model", {}).get("name_or_path"),
+            "strategy": meta.get("strategy", {}).get("name"),
+            "layers": ",".join(meta.get("layers", [])),
+            "examples": meta.get("dataset", {}).get("n_examples"),
+            "completed": meta.get("completed"),
+            "seconds": total.get("seconds"),
+            "tokens_per_s": total.get("real_tokens_per_s"),
+        }
+        results = path / "probes" / "results.json"
+        if results.is_file():
+            for r in json.loads(results.read_text()):
+                if isinstance(r, dict) and "layer" in r and "accuracy" in r:
+                    key = f"acc[{r.get('label', r.get('label_field', ''))}@{r['layer']}]"
+                    row[key] = round(float(r["accuracy"]), 4)
+        rows.append(row)
+    return rows
+
+
+def write_summary(sweep_dir: str | Path) -> Path | None:
+    """Write ``summary.csv`` and ``summary.md`` into the sweep folder; return the CSV path."""
+    rows = summarize_sweep(sweep_dir)
+    if not rows:
+        return None
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    out = Path(sweep_dir) / "summary.csv"
+    with open(out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
+    (Path(sweep_dir) / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"sweep summary: {out}")
+    return out
+
+
+class SweepSummary(Callback):
+    """Hydra callback: after all jobs of a multirun, summarize the runs of the sweep folder."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        write_summary(config.hydra.sweep.dir)
