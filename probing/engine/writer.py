@@ -63,6 +63,7 @@ class RunWriterCallback(BasePredictionWriter):
         self.skipped = 0
         self.planned = 0
         self._t0 = 0.0
+        self._first_batch_unix: float | None = None
         self._flushed_rows = 0
         self.path: str = storage.run_path(run_id)
 
@@ -104,6 +105,7 @@ class RunWriterCallback(BasePredictionWriter):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         if batch_idx == 0:
+            self._first_batch_unix = time.time()
             fault_point("before_first_batch")
         if self.preemption is not None:
             self.preemption.check()
@@ -166,6 +168,7 @@ class RunWriterCallback(BasePredictionWriter):
             "real_tokens": self.real_tokens,
             "padded_tokens": self.padded_tokens,
             "padding_fraction": round(1 - self.real_tokens / self.padded_tokens, 4) if self.padded_tokens else 0.0,
+            "first_batch_unix": self._first_batch_unix,
         }
 
     def _record(self, status: str) -> None:
