@@ -11,6 +11,8 @@ records its progress, so that a resume keeps it.
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -66,6 +68,11 @@ class RunWriterCallback(BasePredictionWriter):
         self._first_batch_unix: float | None = None
         self._flushed_rows = 0
         self.path: str = storage.run_path(run_id)
+        # storage writes run on a background thread, off the forward pass's critical path; the bounded
+        # queue keeps at most a few batches in memory and makes the forward wait if storage is slower
+        self._queue: queue.Queue[tuple[int, dict[str, np.ndarray], dict[str, Any]] | None] = queue.Queue(maxsize=4)
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     # -- set-up -------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -100,6 +107,34 @@ class RunWriterCallback(BasePredictionWriter):
     # -- per batch ----------------------------------------------------------------------------
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._t0 = time.perf_counter()
+        self._thread = threading.Thread(target=self._write_loop, name="probing-writer", daemon=True)
+        self._thread.start()
+
+    def _write_loop(self) -> None:
+        assert self.writer is not None
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is not None:
+                continue  # drain without writing after a failure; the error surfaces on the main thread
+            try:
+                self.writer.append(*item)
+                if self.writer.rows_written != self._flushed_rows:  # a chunk went to disk: say so beside it
+                    self._flushed_rows = self.writer.rows_written
+                    self._record("running")
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the main thread
+                self._error = exc
+
+    def _drain(self) -> None:
+        """Wait until every queued batch is written; re-raise a write error here."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
     def on_predict_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
@@ -133,13 +168,15 @@ class RunWriterCallback(BasePredictionWriter):
         if prediction.get("row_counts") is not None:
             meta["row_counts"] = prediction["row_counts"].cpu().numpy()
             meta["row_fields"] = {k: v.cpu().numpy() for k, v in prediction["row_fields"].items()}
-        self.writer.append(batch_idx, acts, meta)
+        if self._error is not None:
+            self._drain()
+        if self._thread is not None:
+            self._queue.put((batch_idx, acts, meta))
+        else:
+            self.writer.append(batch_idx, acts, meta)
         self.examples += len(ids)
         self.real_tokens += int(counts.sum())
         self.padded_tokens += int(prediction["padded_tokens"])
-        if self.writer.rows_written != self._flushed_rows:  # a chunk went to disk: say so beside it
-            self._flushed_rows = self.writer.rows_written
-            self._record("running")
 
     def on_predict_batch_end(
         self,
@@ -184,6 +221,7 @@ class RunWriterCallback(BasePredictionWriter):
         run-wide figures on rank 0 (this rank's own elsewhere).
         """
         assert self.writer is not None
+        self._drain()
         self.writer.close()
         self._record("done")
         trainer.strategy.barrier("probing-ranks-done")
@@ -199,6 +237,7 @@ class RunWriterCallback(BasePredictionWriter):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if self.writer is not None:
             try:
+                self._drain()
                 self.writer.close()  # keep every whole row computed so far, for resume
                 self._record(f"stopped: {type(exception).__name__}")
             except Exception:  # noqa: BLE001 - do not mask the original error
