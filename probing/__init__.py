@@ -37,9 +37,11 @@ _EXPORTS = {
     "TokensStrategy": "probing.strategies",
     "WordsStrategy": "probing.strategies",
     "TextDataset": "probing.data.sources",
+    "probe_run": "probing.probes.run",
 }
 
 __all__ = [
+    "probe_run",
     "HDF5Storage",
     "TokensStrategy",
     "WordsStrategy",
@@ -70,6 +72,7 @@ if TYPE_CHECKING:
     from probing.data.sources import TextDataset
     from probing.engine.runner import DatasetRunner, RunResult
     from probing.extractor import ActivationBatch, ActivationExtractor
+    from probing.probes.run import probe_run
     from probing.storage.base import RunReader, RunWriter, Storage, open_run
     from probing.storage.hdf5_store import HDF5Storage
     from probing.storage.npz_store import NPZStorage

@@ -1,5 +1,6 @@
-"""Command line: ``python -m probing [overrides]`` runs an extraction job from the Hydra config;
-``python -m probing info <run>`` describes a stored run.
+"""Command line: ``python -m probing [overrides]`` runs an extraction job from the Hydra config (and
+probes it when the data has labels); ``python -m probing info <run>`` describes a stored run;
+``python -m probing probe <run> [--labels ...]`` probes a stored run.
 
 This module only turns a config into objects and calls `DatasetRunner`; the work happens there.
 """
@@ -34,6 +35,9 @@ def build_dataset(data_cfg: Any) -> Any:
         data = loaders.load_hf(data_cfg.name, data_cfg.get("config"), data_cfg.get("split", "train"))
     else:
         raise ConfigError(f"Unknown data.source {source!r}; expected one of ['builtin', 'files', 'conllu', 'hf'].")
+    split_map = data_cfg.get("split_map")
+    if split_map:
+        data = loaders.rename_values(data, "split", dict(split_map))
     fields = data_cfg.get("fields")
     inputs = [data_cfg.get("words_field") or data_cfg.text_field]
     data = loaders.select_fields(data, list(fields) if fields else None, inputs)
@@ -113,7 +117,28 @@ def run_job(cfg: Any) -> Any:
             f"({s.get('real_tokens_per_s', 0):,.0f} tokens/s, padding {100 * s.get('padding_fraction', 0):.1f}%)\n"
             f"run: {result.path}"
         )
+    if result.global_rank == 0 and cfg.get("probe_after_extract", "auto") not in (False, "false", "off"):
+        _probe_after(result.path, config.get("probe", {}), explicit=cfg.get("probe_after_extract") is True)
     return result
+
+
+def _probe_after(run_path: str, probe_cfg: dict[str, Any], explicit: bool) -> None:
+    """Probe the run just written and print the per-layer table (skipped quietly if it has no labels)."""
+    from probing.errors import ConfigError
+    from probing.probes.report import format_table
+    from probing.probes.run import probe_run
+
+    try:
+        report = probe_run(run_path, **probe_cfg)
+    except ConfigError as exc:
+        if explicit:
+            raise
+        log.info("no probes after extraction: %s", exc)
+        return
+    print(format_table(report))
+    files = getattr(report, "files", None) or {}
+    if files:
+        print("probes: " + ", ".join(str(v) for v in files.values()))
 
 
 def _hydra_entry() -> None:
@@ -179,7 +204,7 @@ def check_overrides(args: list[str]) -> str | None:
         for part in key.split("."):
             if not isinstance(node, DictConfig) or part not in node:
                 where = ".".join(walked) or "the top level"
-                valid = sorted(str(k) for k in node.keys()) if isinstance(node, DictConfig) else []
+                valid = sorted(str(k) for k in node) if isinstance(node, DictConfig) else []
                 hint = close_matches(part, valid)
                 return (
                     f"unknown option {key!r}: no {part!r} at {where}.{hint} Valid there: {valid}. "
@@ -197,6 +222,10 @@ def main(argv: list[str] | None = None) -> None:
         from probing.inspect import info_main
 
         sys.exit(info_main(args[1:]))
+    if args and args[0] == "probe":
+        from probing.probes.cli import probe_main
+
+        sys.exit(probe_main(args[1:]))
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
     problem = check_overrides(args)

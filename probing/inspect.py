@@ -42,7 +42,11 @@ def _arrays_of(p: Path) -> tuple[dict[str, Any], list[tuple[str, tuple[int, ...]
             for name, sub in g.groups():
                 walk(sub, f"{prefix}{name}/")
 
-        walk(group, "")
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # probes/ (reports beside the run) is no zarr node
+            walk(group, "")
         return dict(group.attrs["probing"]), arrays
     if is_hdf5_run(p):
         import h5py

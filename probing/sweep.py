@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -42,12 +41,13 @@ def summarize_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:
             "seconds": total.get("seconds"),
             "tokens_per_s": total.get("real_tokens_per_s"),
         }
-        results = path / "probes" / "results.json"
-        if results.is_file():
-            for r in json.loads(results.read_text()):
-                if isinstance(r, dict) and "layer" in r and "accuracy" in r:
-                    key = f"acc[{r.get('label', r.get('label_field', ''))}@{r['layer']}]"
-                    row[key] = round(float(r["accuracy"]), 4)
+        for report_file in sorted((path / "probes").glob("probes_*.json")):
+            from probing.probes.results import load_report
+
+            for r in load_report(report_file).results:  # best layer per label and method
+                key = f"best {r.label} ({r.method})"
+                if key not in row or r.accuracy > row[key][1]:
+                    row[key] = (r.layer, round(float(r.accuracy), 4))
         rows.append(row)
     return rows
 
@@ -57,6 +57,7 @@ def write_summary(sweep_dir: str | Path) -> Path | None:
     rows = summarize_sweep(sweep_dir)
     if not rows:
         return None
+    rows = [{k: f"{v[1]} @ {v[0]}" if isinstance(v, tuple) else v for k, v in r.items()} for r in rows]
     columns = list(dict.fromkeys(k for r in rows for k in r))
     out = Path(sweep_dir) / "summary.csv"
     with open(out, "w", newline="") as f:

@@ -131,3 +131,10 @@ def select_fields(data: Any, fields: Sequence[str] | None, keep: Sequence[str]) 
     if missing:
         raise DatasetError(f"Fields {missing} are not in the dataset; its fields are {sorted(present)}.")
     return [{k: r.get(k) for k in wanted} for r in data]
+
+
+def rename_values(data: Any, field: str, mapping: dict[str, str]) -> Any:
+    """Rename values of one field (e.g. ``split: {dev: train}`` to train probes on a dev file)."""
+    if hasattr(data, "map"):
+        return data.map(lambda r: {field: mapping.get(r[field], r[field])})
+    return [{**r, field: mapping.get(r.get(field), r.get(field))} for r in data]

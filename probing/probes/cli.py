@@ -1,0 +1,72 @@
+"""``python -m probing probe <run path> [options]``: probe a stored run and print a short table.
+
+`probe_main` parses the arguments, calls `probe_run` and prints `format_table`; the options and
+defaults mirror `probe_run` (and ``conf/probe/default.yaml``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from probing.probes.metrics import N_BOOTSTRAP
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m probing probe",
+        description="Train linear probes on every layer of a stored run, with majority baseline, control task "
+        "(selectivity) and bootstrap CIs; writes CSV, JSON and a PNG plot (default: <run>/probes/).",
+    )
+    p.add_argument("run", help="run folder, as printed by `python -m probing` (run: <path>)")
+    p.add_argument("--labels", default=None, help="label fields, comma-separated (default: every label-like field)")
+    p.add_argument("--method", default="sklearn", help="sklearn, torch or both (default: sklearn)")
+    p.add_argument("--out", default=None, help="output folder (default: <run>/probes)")
+    p.add_argument("--layers", default=None, help="layers, comma-separated: embeddings, 0, -1, blocks.3 (default: all)")
+    p.add_argument("--split-field", default="split", help="train/test field; 'none' for k-fold CV (default: split)")
+    p.add_argument("--group-field", default=None, help="rows of one group never straddle a split (e.g. sentence_id)")
+    p.add_argument(
+        "--control-field", default=None, help="type field of the control task; 'none' to skip (default: auto)"
+    )
+    p.add_argument("--k-folds", type=int, default=5, help="folds when there is no split field (default: 5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of folds, control labels and bootstrap (default: 0)")
+    p.add_argument("--n-bootstrap", type=int, default=N_BOOTSTRAP, help=f"bootstrap resamples (default: {N_BOOTSTRAP})")
+    p.add_argument("--no-write", action="store_true", help="only print the table")
+    return p
+
+
+def probe_main(argv: list[str]) -> int:
+    """Run ``probe`` with command-line arguments ``argv`` (without the ``probe`` word); return the exit code.
+
+    0 on success; 2 for a usage error or a `ProbingError` (printed as ``probing: error: ...``).
+    """
+    from probing.errors import ProbingError
+    from probing.probes.report import format_table
+    from probing.probes.run import probe_run
+
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed by argparse
+        return int(exc.code or 0)
+    try:
+        report = probe_run(
+            args.run,
+            label_fields=args.labels,
+            method=args.method,
+            split_field=args.split_field,
+            group_field=args.group_field,
+            k_folds=args.k_folds,
+            control_field=args.control_field,
+            seed=args.seed,
+            out_dir=args.out,
+            layers=[s.strip() for s in args.layers.split(",")] if args.layers else None,
+            n_bootstrap=args.n_bootstrap,
+            write=not args.no_write,
+        )
+    except (ProbingError, FileNotFoundError) as exc:
+        print(f"probing: error: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(report))
+    if report.files:
+        print("probes: wrote " + ", ".join(report.files[k] for k in ("csv", "json", "png") if k in report.files))
+    return 0

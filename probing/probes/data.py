@@ -1,0 +1,324 @@
+"""What a probe is trained on: features per layer, integer-coded labels and train/dev/test folds from a run.
+
+Rows are whatever the run stores (sentences, or words of a word-level run); a *group* field (e.g.
+``sentence_id``) ties rows together so that no group is ever on both sides of a split. Every
+fold also carries a dev part carved out of its training rows, on which the regularization strength
+is chosen, so that the test rows are never looked at before the final prediction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from probing.errors import ConfigError, ProbingError, close_matches
+from probing.storage.base import RunReader
+
+#: values of a split field, by role (anything else is refused)
+TRAIN_VALUES = ("train",)
+DEV_VALUES = ("dev", "validation", "valid", "val")
+TEST_VALUES = ("test",)
+#: fields never proposed as labels when ``label_fields`` is not given
+NON_LABEL_FIELDS = (
+    "token_counts",
+    "row_counts",
+    "text",
+    "split",
+    "example_id",
+    "id",
+    "sentence_id",
+    "sent_id",
+    "word_index",
+    "position",
+    "words",
+    "word",
+    "token_id",
+    "head",
+    "lemma",
+)
+#: a field with more distinct values than this is not taken as a label automatically
+MAX_AUTO_CLASSES = 50
+#: per-row type fields tried, in order, for the control task when none is given
+CONTROL_FIELD_CANDIDATES = ("word", "form", "token", "text")
+
+
+@dataclass(frozen=True)
+class Labels:
+    """A label field coded as integers: ``classes[y[i]]`` is the stored value of row ``i``."""
+
+    field: str
+    y: np.ndarray
+    classes: list[Any]
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+
+@dataclass(frozen=True)
+class Fold:
+    """Row indices of one train/test split.
+
+    ``fit`` and ``dev`` choose the regularization strength (fit on ``fit``, score on ``dev``);
+    the final probe is fit on ``train`` and scored on ``test``. ``dev`` is usually carved out of
+    ``train`` (then ``fit`` + ``dev`` = ``train``); with an explicit dev split it is disjoint.
+    """
+
+    fit: np.ndarray
+    dev: np.ndarray
+    train: np.ndarray
+    test: np.ndarray
+
+
+@dataclass(frozen=True)
+class Folds:
+    """The folds of one label field and a short description of how they were made."""
+
+    folds: list[Fold]
+    scheme: str
+
+    @property
+    def test_rows(self) -> np.ndarray:
+        """All test rows, in the order in which pooled predictions are concatenated."""
+        return np.concatenate([f.test for f in self.folds])
+
+    @property
+    def mean_train_size(self) -> int:
+        return int(round(float(np.mean([len(f.train) for f in self.folds]))))
+
+
+def _plain(values: np.ndarray) -> np.ndarray:
+    """Values as a sortable numpy array: numbers stay numbers, anything else becomes str."""
+    arr = np.asarray(values)
+    if arr.dtype.kind in "biu":
+        return arr.astype(np.int64)
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+            raise ProbingError(
+                "Label values are real numbers, not classes; probes here are classifiers. Store class labels "
+                "(str or int) for the field, or bin the values first."
+            )
+        return arr.astype(np.int64)
+    return np.asarray([str(v) for v in arr.tolist()], dtype=object)
+
+
+def field_values(reader: RunReader, field: str, role: str) -> np.ndarray:
+    """The per-row values of ``field``, checked to exist; ``role`` names the option in messages."""
+    fields = reader.example_fields
+    if field not in fields:
+        raise ConfigError(
+            f"{role} {field!r} is not a per-example field of the run at {reader.path}."
+            f"{close_matches(field, fields)} Available fields: {fields}."
+        )
+    values = np.asarray(reader.example_metadata(field))
+    if len(values) != reader.n_examples:
+        raise ProbingError(f"Field {field!r} has {len(values)} values for {reader.n_examples} rows; the run is broken.")
+    return values
+
+
+def encode_labels(values: Sequence[Any] | np.ndarray, field: str) -> Labels:
+    """Code the values of a label field as ``0..n_classes-1`` (sorted classes); refuse a single class."""
+    plain = _plain(np.asarray(values))
+    classes, y = np.unique(plain, return_inverse=True)
+    if len(classes) < 2:
+        only = classes[0] if len(classes) else None
+        raise ProbingError(
+            f"Label {field!r} has a single class ({only!r}) in all {len(plain)} rows: there is nothing to probe. "
+            "Drop it from the label fields."
+        )
+    return Labels(
+        field=field, y=y.astype(np.int64).reshape(-1), classes=[c.item() if hasattr(c, "item") else c for c in classes]
+    )
+
+
+def load_labels(reader: RunReader, field: str) -> Labels:
+    """The integer-coded labels of ``field`` in ``reader``."""
+    return encode_labels(field_values(reader, field, "Label field"), field)
+
+
+def default_label_fields(reader: RunReader, exclude: Sequence[str | None] = ()) -> list[str]:
+    """Fields that look like class labels: 2..`MAX_AUTO_CLASSES` distinct str/int values.
+
+    Text, token counts, ids, positions and the split/group/control fields (``exclude``) are skipped.
+    """
+    skip = set(NON_LABEL_FIELDS) | {e for e in exclude if e}
+    out = []
+    for field in reader.example_fields:
+        if field in skip:
+            continue
+        values = np.asarray(reader.example_metadata(field))
+        if values.dtype.kind == "f" or values.dtype == object and len(values) and not isinstance(values[0], str):
+            continue  # real numbers or JSON-encoded structures
+        n = len(np.unique(_plain(values)))
+        if 2 <= n <= MAX_AUTO_CLASSES and n < len(values):
+            out.append(field)
+    if not out:
+        raise ConfigError(
+            f"No label field found in the run at {reader.path} (fields: {reader.example_fields}). "
+            "Name the fields to probe with label_fields / --labels."
+        )
+    return out
+
+
+def default_control_field(reader: RunReader) -> str | None:
+    """The first of `CONTROL_FIELD_CANDIDATES` the run has (the word form, or the text of a sentence)."""
+    return next((f for f in CONTROL_FIELD_CANDIDATES if f in reader.example_fields), None)
+
+
+def resolve_layers(reader: RunReader, layers: Sequence[int | str] | None) -> list[str]:
+    """Stored layer keys for ``layers`` (all stored layers when None)."""
+    if not reader.layers:
+        raise ProbingError(f"The run at {reader.path} stores no layers.")
+    if layers is None:
+        return list(reader.layers)
+    keys = [reader.layer_key(layer) for layer in layers]
+    return list(dict.fromkeys(keys))
+
+
+def load_features(reader: RunReader, layers: Sequence[str]) -> dict[str, np.ndarray]:
+    """``{layer: float32 [n_rows, dim]}``; float16 storage is widened so that sums stay exact enough."""
+    out = {}
+    for layer in layers:
+        x = np.asarray(reader.activations(layer))
+        if x.ndim != 2 or x.shape[0] != reader.n_examples:
+            raise ProbingError(f"Layer {layer!r} has shape {x.shape}; expected ({reader.n_examples}, dim).")
+        out[layer] = x.astype(np.float32, copy=False)
+    return out
+
+
+def standardize(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``x`` centered and scaled by the mean and std of ``rows`` (constant features are only centered)."""
+    ref = x[rows]
+    mean = ref.mean(axis=0, dtype=np.float64)
+    std = ref.std(axis=0, dtype=np.float64)
+    std[std < 1e-8] = 1.0
+    return ((x - mean) / std).astype(np.float32)
+
+
+def group_codes(groups: np.ndarray) -> np.ndarray:
+    """Integer codes 0..n_groups-1 of per-row group values (str or int)."""
+    return np.unique(_plain(groups), return_inverse=True)[1].reshape(-1)
+
+
+def carve_dev(
+    rows: np.ndarray, y: np.ndarray, groups: np.ndarray | None, fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split training ``rows`` into (fit, dev): whole groups when ``groups`` is given, else per class."""
+    rows = np.asarray(rows)
+    if groups is not None:
+        uniq, inv = np.unique(groups[rows], return_inverse=True)
+        if len(uniq) < 2:
+            raise ProbingError(
+                f"The training rows hold {len(uniq)} group(s); at least two are needed to carve a dev part."
+            )
+        order = rng.permutation(len(uniq))
+        cumulative = np.cumsum(np.bincount(inv.reshape(-1))[order])
+        take = min(int(np.searchsorted(cumulative, fraction * len(rows))) + 1, len(uniq) - 1)
+        dev_mask = np.isin(inv.reshape(-1), order[:take])
+    else:
+        dev_mask = np.zeros(len(rows), dtype=bool)
+        for c in np.unique(y[rows]):
+            idx = np.flatnonzero(y[rows] == c)
+            n_dev = min(int(round(fraction * len(idx))), len(idx) - 1)
+            dev_mask[rng.permutation(idx)[:n_dev]] = True
+    fit, dev = rows[~dev_mask], rows[dev_mask]
+    if len(dev) == 0 or len(fit) == 0:
+        raise ProbingError(f"Too few training rows ({len(rows)}) to carve out a dev part for choosing regularization.")
+    return fit, dev
+
+
+def split_folds(
+    split: np.ndarray, y: np.ndarray, groups: np.ndarray | None, *, dev_fraction: float, seed: int, field: str
+) -> Folds:
+    """One fold from a split field (``train``/``test`` and optionally ``dev``/``validation``)."""
+    values = np.asarray([str(v) for v in np.asarray(split).tolist()], dtype=object)
+    known = set(TRAIN_VALUES) | set(DEV_VALUES) | set(TEST_VALUES)
+    unknown = sorted(set(values.tolist()) - known)
+    if unknown:
+        raise ConfigError(
+            f"Split field {field!r} has values {unknown}; expected train, test and optionally dev/validation. "
+            "Pass split_field=None (--split-field none) to use k-fold cross-validation instead."
+        )
+    train = np.flatnonzero(np.isin(values, TRAIN_VALUES))
+    dev = np.flatnonzero(np.isin(values, DEV_VALUES))
+    test = np.flatnonzero(np.isin(values, TEST_VALUES))
+    if len(train) == 0 or len(test) == 0:
+        raise ConfigError(
+            f"Split field {field!r} has {len(train)} train and {len(test)} test rows; both are needed. "
+            "Pass split_field=None to use k-fold cross-validation instead."
+        )
+    if groups is not None:
+        codes = group_codes(groups)
+        for name, other in (("test", test), ("dev", dev)):
+            shared = np.intersect1d(codes[train], codes[other])
+            if len(shared):
+                raise ConfigError(
+                    f"Split field {field!r} puts rows of {len(shared)} groups in both train and {name} (e.g. group "
+                    f"{groups[train][np.isin(codes[train], shared)][0]!r}). Fix the split, or pass split_field=None "
+                    "for grouped cross-validation."
+                )
+    rng = np.random.default_rng(seed)
+    if len(dev):
+        fold = Fold(fit=train, dev=dev, train=train, test=test)
+        scheme = f"split field {field!r}: {len(train)} train, {len(dev)} dev, {len(test)} test"
+    else:
+        fit, carved = carve_dev(train, y, None if groups is None else group_codes(groups), dev_fraction, rng)
+        fold = Fold(fit=fit, dev=carved, train=train, test=test)
+        scheme = f"split field {field!r}: {len(train)} train ({len(carved)} of them dev), {len(test)} test"
+    return Folds([fold], scheme)
+
+
+def cv_folds(
+    y: np.ndarray, groups: np.ndarray | None, *, k_folds: int, dev_fraction: float, seed: int, group_field: str | None
+) -> Folds:
+    """k folds: `GroupKFold` when ``groups`` is given (no group on both sides), else stratified k-fold."""
+    from sklearn.model_selection import GroupKFold, StratifiedKFold
+
+    if k_folds < 2:
+        raise ConfigError(f"k_folds must be >= 2 for cross-validation, got {k_folds}.")
+    rng = np.random.default_rng(seed)
+    idx = np.arange(len(y))
+    codes = None if groups is None else group_codes(groups)
+    if codes is not None:
+        n_groups = int(codes.max()) + 1 if len(codes) else 0
+        if n_groups < k_folds:
+            raise ConfigError(
+                f"Group field {group_field!r} has {n_groups} groups, fewer than k_folds={k_folds}; lower k_folds."
+            )
+        splits = GroupKFold(n_splits=k_folds, shuffle=True, random_state=seed).split(idx, y, codes)
+        scheme = f"grouped {k_folds}-fold CV by {group_field!r} ({n_groups} groups)"
+    else:
+        counts = np.bincount(y)
+        if counts.max() < k_folds:
+            raise ConfigError(
+                f"Every class has fewer than k_folds={k_folds} rows (largest: {counts.max()}); lower k_folds."
+            )
+        splits = StratifiedKFold(n_splits=k_folds, shuffle=True, random_state=seed).split(idx, y)
+        scheme = f"stratified {k_folds}-fold CV"
+    folds = []
+    for train, test in splits:
+        if codes is not None and len(np.intersect1d(codes[train], codes[test])):
+            raise ProbingError("Grouped CV put one group on both sides of a fold (a bug); please report it.")
+        fit, dev = carve_dev(train, y, codes, dev_fraction, rng)
+        folds.append(Fold(fit=fit, dev=dev, train=train, test=test))
+    return Folds(folds, scheme)
+
+
+def make_folds(
+    y: np.ndarray,
+    *,
+    split: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
+    k_folds: int = 5,
+    dev_fraction: float = 0.2,
+    seed: int = 0,
+    split_field: str = "split",
+    group_field: str | None = None,
+) -> Folds:
+    """The folds for labels ``y``: from ``split`` values if given, else grouped or stratified k-fold CV."""
+    if split is not None:
+        return split_folds(split, y, groups, dev_fraction=dev_fraction, seed=seed, field=split_field)
+    return cv_folds(y, groups, k_folds=k_folds, dev_fraction=dev_fraction, seed=seed, group_field=group_field)

@@ -1,0 +1,155 @@
+"""PNG plot of probe accuracy by layer: one panel per label field, one line per report (run/strategy) and method.
+
+Each line has its 95% CI as a band, the control task as a dotted line of the same color, and the
+majority-class baseline as a dashed gray line. matplotlib is imported here only, and drawn through
+its Agg canvas without pyplot, so that neither ``import probing`` nor a user's plotting backend is
+affected.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from probing.errors import ConfigError
+from probing.probes.results import ProbeReport
+
+
+def _short_layer(name: str) -> str:
+    if name == "embeddings":
+        return "emb"
+    return name.removeprefix("blocks.")
+
+
+#: marker per method, so that lines of several methods stay distinguishable where they overlap
+MARKERS = {"sklearn": "o", "torch": "s"}
+
+
+def _short_model(name: str) -> str:
+    return name.rstrip("/").rsplit("/", 1)[-1]
+
+
+def series_names(reports: Sequence[ProbeReport]) -> list[str]:
+    """Legend names of the reports: what differs among them (model, strategy, run id)."""
+    if len(reports) == 1:
+        return [""]
+    parts: list[list[str]] = [[] for _ in reports]
+    for attr, short in (("model", _short_model), ("strategy", str)):
+        values = [short(getattr(r, attr)) for r in reports]
+        if len(set(values)) > 1:
+            for p, v in zip(parts, values, strict=True):
+                p.append(v)
+    names = [" ".join(p) for p in parts]
+    if len(set(names)) < len(names):
+        names = [f"{n} {r.run_id}".strip() for n, r in zip(names, reports, strict=True)]
+    return names
+
+
+def default_title(reports: Sequence[ProbeReport]) -> str:
+    """``Probe accuracy by layer: <model>, <strategy> pooling, <n> rows``, keeping only what all reports share."""
+    parts = []
+    models = {_short_model(r.model) for r in reports}
+    strategies = {r.strategy for r in reports}
+    rows = {r.n_rows for r in reports}
+    if len(models) == 1:
+        parts.append(models.pop())
+    if len(strategies) == 1:
+        parts.append(f"{strategies.pop()} pooling")
+    if len(rows) == 1:
+        parts.append(f"{rows.pop()} rows")
+    return "Probe accuracy by layer" + (": " + ", ".join(parts) if parts else "")
+
+
+def plot_reports(
+    reports: Sequence[ProbeReport],
+    path: str | os.PathLike[str],
+    *,
+    names: Sequence[str] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Draw the accuracy by layer of one or several reports into a PNG at ``path``; return the path.
+
+    Args:
+        reports: reports to compare (e.g. the same data under several strategies or models).
+        names: legend name per report; default: what differs among them (model, strategy, run id).
+        title: figure title; default: model, strategy and rows of the first report.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    if not reports:
+        raise ConfigError("plot_reports needs at least one report.")
+    if names is not None and len(names) != len(reports):
+        raise ConfigError(f"plot_reports got {len(names)} names for {len(reports)} reports.")
+    labels = list(dict.fromkeys(label for r in reports for label in r.label_fields))
+    base = list(names) if names is not None else series_names(reports)
+    n_methods = len({m for r in reports for m in r.methods})
+    series = [
+        (rep, method, (f"{name} {method}" if n_methods > 1 or not name else name).strip())
+        for rep, name in zip(reports, base, strict=True)
+        for method in rep.methods
+    ]
+    colors = [f"C{i % 10}" for i in range(len(series))]
+    ncols = len(labels) if len(labels) <= 3 else 2 if len(labels) == 4 else 3
+    nrows = math.ceil(len(labels) / ncols)
+    longest = max((r.layers for r in reports), key=len)
+    fig = Figure(figsize=(max(4.0, 0.35 * len(longest) + 2.2) * ncols, 3.4 * nrows + 0.9), dpi=110)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=False)
+    has_control = False
+    for k, label in enumerate(labels):
+        ax = axes[k // ncols][k % ncols]
+        lows: list[float] = []
+        majorities: set[float] = set()
+        for (rep, method, _name), color in zip(series, colors, strict=True):
+            rows = {r.layer: r for r in rep.results if r.label == label and r.method == method}
+            xs = np.array([i for i, layer in enumerate(rep.layers) if layer in rows])
+            if len(xs) == 0:
+                continue
+            res = [rows[rep.layers[i]] for i in xs]
+            acc = np.array([r.accuracy for r in res])
+            ax.fill_between(xs, [r.ci_low for r in res], [r.ci_high for r in res], color=color, alpha=0.2, lw=0)
+            ax.plot(xs, acc, color=color, marker=MARKERS.get(method, "o"), ms=4, lw=1.5)
+            control = np.array([r.control_accuracy for r in res])
+            if np.isfinite(control).any():
+                has_control = True
+                ax.plot(xs, control, color=color, ls=":", lw=1.2, alpha=0.8)
+                lows.extend(control[np.isfinite(control)].tolist())
+            majorities.add(round(res[0].majority, 6))
+            lows.extend([r.ci_low for r in res])
+        for m in sorted(majorities):
+            ax.axhline(m, color="0.45", ls="--", lw=1.1)
+            lows.append(m)
+        ax.set_title(label, fontsize=10)
+        ax.set_xticks(range(len(longest)))
+        ax.set_xticklabels([_short_layer(layer) for layer in longest], fontsize=8)
+        ax.set_xlim(-0.3, len(longest) - 0.7)
+        low = min([v for v in lows if math.isfinite(v)], default=0.0)
+        ax.set_ylim(max(0.0, low - 0.05), 1.02)
+        ax.grid(True, alpha=0.3, lw=0.5)
+        ax.tick_params(labelsize=8)
+        if k % ncols == 0:
+            ax.set_ylabel("test accuracy", fontsize=9)
+        if k // ncols == nrows - 1:
+            ax.set_xlabel("layer (emb = embeddings)", fontsize=9)
+    for k in range(len(labels), nrows * ncols):
+        axes[k // ncols][k % ncols].set_visible(False)
+    handles = [
+        Line2D([], [], color=c, marker=MARKERS.get(method, "o"), ms=4, lw=1.5, label=name or method)
+        for (_rep, method, name), c in zip(series, colors, strict=True)
+    ]
+    handles.append(Line2D([], [], color="0.3", lw=6, alpha=0.25, label="95% CI"))
+    if has_control:
+        handles.append(Line2D([], [], color="0.3", ls=":", lw=1.2, label="control task"))
+    handles.append(Line2D([], [], color="0.45", ls="--", lw=1.1, label="majority baseline"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
+    fig.suptitle(title or default_title(reports), fontsize=11)
+    fig.tight_layout(rect=(0, 0.45 / fig.get_figheight(), 1, 1))
+    p = Path(path)
+    fig.savefig(p, format="png")
+    return p

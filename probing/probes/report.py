@@ -1,0 +1,108 @@
+"""Writing a `ProbeReport`: CSV and JSON tables, a PNG plot, and a short text table for the terminal."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from probing.errors import ProbingError
+from probing.probes.results import COLUMNS, ProbeReport
+
+
+def _clean(value: Any) -> Any:
+    """NaN/inf as None (JSON has no NaN), floats rounded to what is meaningful."""
+    if isinstance(value, float):
+        return None if not math.isfinite(value) else round(value, 6)
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write_csv(report: ProbeReport, path: str | os.PathLike[str]) -> Path:
+    """One row per layer x label field x method, columns `COLUMNS` (empty cell: not available)."""
+    p = Path(path)
+    with p.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
+        writer.writeheader()
+        for row in report.rows():
+            writer.writerow({k: "" if v is None else v for k, v in _clean(row).items()})
+    return p
+
+
+def write_json(report: ProbeReport, path: str | os.PathLike[str]) -> Path:
+    """The whole report (run, settings, split schemes, timings and results), loadable with `load_report`."""
+    p = Path(path)
+    p.write_text(json.dumps(_clean(report.to_dict()), indent=1) + "\n")
+    return p
+
+
+def report_stem(report: ProbeReport) -> str:
+    """File name stem of a report: ``probes_<methods>`` (so that sklearn and torch results sit side by side)."""
+    return "probes_" + "+".join(report.methods)
+
+
+def write_report(report: ProbeReport, out_dir: str | os.PathLike[str], *, plot: bool = True) -> dict[str, str]:
+    """Write CSV, JSON and (unless ``plot`` is False) PNG into ``out_dir``; record and return their paths."""
+    from probing.probes.plot import plot_reports
+
+    out = Path(out_dir)
+    stem = report_stem(report)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        files = {"csv": str(write_csv(report, out / f"{stem}.csv"))}
+        if plot:
+            files["png"] = str(plot_reports([report], out / f"{stem}.png"))
+        report.files = {**files, "json": str(out / f"{stem}.json")}
+        files["json"] = str(write_json(report, out / f"{stem}.json"))
+    except OSError as exc:
+        raise ProbingError(
+            f"Cannot write probe results into {out}: {exc}. Pass out_dir (--out) to write elsewhere."
+        ) from exc
+    return report.files
+
+
+def _cell(acc: float, low: float, high: float, sel: float) -> str:
+    text = f"{acc:.3f} [{low:.2f},{high:.2f}]"
+    return text + (f" {sel:+.2f}" if math.isfinite(sel) else "")
+
+
+def format_table(report: ProbeReport) -> str:
+    """A short text table: per method, one line per layer, per label field ``acc [CI] selectivity``.
+
+    The last line gives the majority-class baseline of each label field.
+    """
+    lines = [
+        f"probes of {report.run_id} ({report.model}, {report.strategy}; {report.n_rows} rows)",
+    ]
+    for label in report.label_fields:
+        lines.append(f"  {label}: {report.schemes.get(label, '')}")
+    has_control = any(math.isfinite(r.selectivity) for r in report.results)
+    legend = "test accuracy [95% CI]" + (" selectivity (accuracy - control task)" if has_control else "")
+    width = max(len(layer) for layer in report.layers) if report.layers else 5
+    width = max(width, len("majority"))
+    for method in report.methods:
+        cells = {(r.layer, r.label): r for r in report.results if r.method == method}
+        col = max(max(len(label) for label in report.label_fields), 25 if has_control else 19)
+        seconds = report.seconds.get(method)
+        timing = f", {seconds:.1f} s" if seconds is not None else ""
+        lines.append("")
+        lines.append(f"{method}{timing}: {legend}")
+        lines.append(f"{'layer':<{width}}  " + "  ".join(f"{label:<{col}}" for label in report.label_fields))
+        for layer in report.layers:
+            row = []
+            for label in report.label_fields:
+                r = cells.get((layer, label))
+                row.append(f"{_cell(r.accuracy, r.ci_low, r.ci_high, r.selectivity) if r else '-':<{col}}")
+            lines.append(f"{layer:<{width}}  " + "  ".join(row))
+        majority = []
+        for label in report.label_fields:
+            r = next((r for r in report.results if r.label == label and r.method == method), None)
+            majority.append(f"{(f'{r.majority:.3f}' if r else '-'):<{col}}")
+        lines.append(f"{'majority':<{width}}  " + "  ".join(majority))
+    return "\n".join(line.rstrip() for line in lines)

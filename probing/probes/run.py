@@ -1,0 +1,305 @@
+"""`probe_run`: probe every layer of a stored run for every label field, with baselines, and write a report.
+
+For each label field: make the folds (split field, grouped k-fold by a group field, or stratified
+k-fold), then per method fit the probes of all layers (choosing C on a dev part of each fold's
+training rows), fit the same probes with the same C on the control task, and score the pooled test
+predictions: accuracy with a bootstrap CI, macro-F1, majority baseline, control accuracy and
+selectivity.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from probing.errors import ConfigError, ProbingError
+from probing.probes.base import C_GRID, ProbeFit
+from probing.probes.control import control_labels
+from probing.probes.data import (
+    Folds,
+    Labels,
+    default_control_field,
+    default_label_fields,
+    field_values,
+    group_codes,
+    load_features,
+    load_labels,
+    make_folds,
+    resolve_layers,
+)
+from probing.probes.metrics import N_BOOTSTRAP, accuracy, bootstrap_ci, macro_f1, majority_baseline
+from probing.probes.results import ProbeReport, ProbeResult
+from probing.storage.base import RunReader
+
+log = logging.getLogger("probing.probes")
+
+METHODS = ("sklearn", "torch")
+#: the split field looked for by default; if a run lacks it, cross-validation is used (any other
+#: split field named explicitly must exist)
+DEFAULT_SPLIT_FIELD = "split"
+#: spellings of "no field" accepted for split_field / control_field (from the command line or YAML)
+NONE_VALUES = ("", "none", "null", "off")
+
+
+def _implementation(method: str) -> Callable[..., ProbeFit]:
+    if method == "sklearn":
+        from probing.probes.sklearn_probe import sklearn_fit_predict
+
+        return sklearn_fit_predict
+    from probing.probes.torch_probe import torch_fit_predict
+
+    return torch_fit_predict
+
+
+def parse_methods(method: str | Sequence[str]) -> list[str]:
+    """``"sklearn"``, ``"torch"``, ``"both"``, ``"sklearn,torch"`` or a list -> validated method names."""
+    items = method.split(",") if isinstance(method, str) else list(method)
+    out: list[str] = []
+    for item in (s.strip() for s in items):
+        names = list(METHODS) if item == "both" else [item]
+        for name in names:
+            if name not in METHODS:
+                raise ConfigError(f"Unknown probe method {name!r}; expected one of {[*METHODS, 'both']}.")
+            if name not in out:
+                out.append(name)
+    if not out:
+        raise ConfigError(f"No probe method given; expected one of {[*METHODS, 'both']}.")
+    return out
+
+
+def _open(path_or_reader: str | os.PathLike[str] | RunReader) -> RunReader:
+    """The run as rows: pooled runs as they are, token-level runs one row per word or token."""
+    from probing.probes.rows import as_rows
+
+    if isinstance(path_or_reader, RunReader):
+        return as_rows(path_or_reader)
+    from probing.storage.base import open_run
+
+    return as_rows(open_run(path_or_reader))
+
+
+def _off(name: str | None) -> bool:
+    return name is None or str(name).strip().lower() in NONE_VALUES
+
+
+def _check_training_classes(folds: Folds, labels: Labels) -> None:
+    for i, fold in enumerate(folds.folds):
+        present = np.unique(labels.y[fold.train])
+        if len(present) < 2:
+            raise ProbingError(
+                f"Label {labels.field!r}: the training rows of fold {i} hold only class "
+                f"{labels.classes[int(present[0])]!r} ({folds.scheme}); a probe needs two. Use more data, "
+                "another split, or fewer folds."
+            )
+
+
+def _pooled_majority(folds: Folds, y: np.ndarray) -> float:
+    """Accuracy of predicting each fold's most frequent training class, over all test rows."""
+    hits = sum(majority_baseline(y[f.train], y[f.test]) * len(f.test) for f in folds.folds)
+    return float(hits / len(folds.test_rows))
+
+
+def _fit_folds(
+    fit: Callable[..., ProbeFit],
+    features: list[np.ndarray],
+    labels: Labels,
+    folds: Folds,
+    control: np.ndarray | None,
+    grid: Sequence[float],
+) -> tuple[np.ndarray, np.ndarray | None, list[float], list[float]]:
+    """Pooled task predictions ``[L, n_test]``, control predictions, median C and seconds per layer."""
+    preds, cpreds, regs = [], [], []
+    seconds = np.zeros(len(features))
+    for fold in folds.folds:
+        task = fit(features, labels.y, labels.n_classes, fold, grid=grid)
+        preds.append(task.predictions)
+        regs.append(task.regs)
+        seconds += task.seconds
+        if control is not None:
+            ctrl = fit(features, control, labels.n_classes, fold, regs=task.regs, grid=grid)
+            cpreds.append(ctrl.predictions)
+            seconds += ctrl.seconds
+    median_c = np.median(np.asarray(regs), axis=0).tolist()
+    return (
+        np.concatenate(preds, axis=1),
+        np.concatenate(cpreds, axis=1) if control is not None else None,
+        [float(c) for c in median_c],
+        seconds.tolist(),
+    )
+
+
+def probe_run(
+    path_or_reader: str | os.PathLike[str] | RunReader,
+    label_fields: Sequence[str] | str | None = None,
+    method: str | Sequence[str] = "sklearn",
+    split_field: str | None = DEFAULT_SPLIT_FIELD,
+    group_field: str | None = None,
+    k_folds: int = 5,
+    control_field: str | None = None,
+    seed: int = 0,
+    out_dir: str | os.PathLike[str] | None = None,
+    *,
+    layers: Sequence[int | str] | None = None,
+    n_bootstrap: int = N_BOOTSTRAP,
+    dev_fraction: float = 0.2,
+    c_grid: Sequence[float] = C_GRID,
+    write: bool = True,
+) -> ProbeReport:
+    """Probe each layer of a run for each label field; write CSV, JSON and PNG into ``out_dir``.
+
+    Args:
+        path_or_reader: a run folder (as printed by ``python -m probing``) or an open `RunReader`.
+            Rows may be sentences or words: a word-level run is a run whose rows are words.
+        label_fields: fields to probe (a list or ``"a,b"``); default: every field with 2 to 50
+            distinct str/int values except text, token counts and the split/group/control fields.
+        method: ``"sklearn"`` (one `LogisticRegression` per layer), ``"torch"`` (all layers as one
+            batched problem; uses a GPU if present), ``"both"`` or a list.
+        split_field: field with ``train``/``test`` (and optionally ``dev``) values. None/"none", or
+            the default ``"split"`` absent from the run: k-fold cross-validation instead.
+        group_field: field tying rows together (``sentence_id`` for words): folds and dev parts
+            never split a group, and the bootstrap resamples whole groups.
+        k_folds: folds of cross-validation (grouped when ``group_field`` is given, else stratified).
+        control_field: per-row type for the control task (word form; the text for sentences).
+            None: the first of ``word``, ``form``, ``token``, ``text`` present; ``"none"``: no control.
+        seed: seeds folds, dev parts, control labels and bootstrap.
+        out_dir: where files go; default ``<run path>/probes``.
+        layers: layer selectors to probe (default: all stored layers).
+        n_bootstrap: bootstrap resamples of the test rows for the 95% CI.
+        dev_fraction: share of the training rows (of each fold) used to choose C.
+        c_grid: inverse L2 strengths tried.
+        write: write the files (False: only return the report).
+    """
+    start_all = time.perf_counter()
+    reader = _open(path_or_reader)
+    methods = parse_methods(method)
+    if not 0 < dev_fraction < 1:
+        raise ConfigError(f"dev_fraction must be in (0, 1), got {dev_fraction}.")
+    if not c_grid or any(c <= 0 for c in c_grid):
+        raise ConfigError(f"c_grid must hold positive values, got {list(c_grid)}.")
+    layer_keys = resolve_layers(reader, layers)
+    from probing.probes.rows import RowView
+
+    group_name = None if _off(group_field) else str(group_field)
+    if group_field is None and isinstance(reader, RowView):
+        group_name = "sentence_id"  # words of one sentence never straddle folds or dev parts
+    groups = None if group_name is None else field_values(reader, group_name, "Group field")
+    split_name = None if _off(split_field) else str(split_field)
+    split = None
+    if split_name in reader.example_fields or split_name not in (None, DEFAULT_SPLIT_FIELD):
+        split = field_values(reader, str(split_name), "Split field")  # a field named explicitly must exist
+    elif split_name is not None:
+        log.info("No split field %r in the run; using %d-fold cross-validation.", split_name, k_folds)
+    if control_field is None:
+        ctrl_name = default_control_field(reader)
+    else:
+        ctrl_name = None if _off(control_field) else str(control_field)
+    types = None if ctrl_name is None else field_values(reader, ctrl_name, "Control field")
+    if isinstance(label_fields, str):
+        label_fields = [f.strip() for f in label_fields.split(",") if f.strip()]
+    if label_fields:
+        fields = list(dict.fromkeys(label_fields))
+    else:
+        fields = default_label_fields(reader, exclude=(split_name, group_name, ctrl_name))
+    labels = [load_labels(reader, f) for f in fields]  # every label is checked before any compute
+    features = load_features(reader, layer_keys)
+    feats = [features[k] for k in layer_keys]
+    meta = reader.metadata
+    run_info = {
+        "run": reader.run_id,
+        "model": str(meta.get("model", {}).get("name_or_path", "")),
+        "strategy": str(meta.get("strategy", {}).get("name", "")),
+    }
+    results: list[ProbeResult] = []
+    schemes: dict[str, str] = {}
+    method_seconds = dict.fromkeys(methods, 0.0)
+    for lab in labels:
+        folds = make_folds(
+            lab.y,
+            split=split,
+            groups=groups,
+            k_folds=k_folds,
+            dev_fraction=dev_fraction,
+            seed=seed,
+            split_field=str(split_name),
+            group_field=group_name,
+        )
+        _check_training_classes(folds, lab)
+        schemes[lab.field] = folds.scheme
+        test = folds.test_rows
+        y_test = lab.y[test]
+        test_groups = None if groups is None else group_codes(groups)[test]
+        majority = _pooled_majority(folds, lab.y)
+        control = None if types is None else control_labels(types, lab.y, lab.n_classes, seed=seed, salt=lab.field)
+        for m in methods:
+            t0 = time.perf_counter()
+            preds, cpreds, regs, seconds = _fit_folds(_implementation(m), feats, lab, folds, control, c_grid)
+            method_seconds[m] += time.perf_counter() - t0
+            for i, layer in enumerate(layer_keys):
+                correct = preds[i] == y_test
+                acc = float(correct.mean())
+                low, high = bootstrap_ci(correct, groups=test_groups, n_resamples=n_bootstrap, seed=seed)
+                c_acc = float("nan") if control is None or cpreds is None else accuracy(control[test], cpreds[i])
+                results.append(
+                    ProbeResult(
+                        **run_info,
+                        layer=layer,
+                        layer_index=i,
+                        label=lab.field,
+                        method=m,
+                        accuracy=acc,
+                        ci_low=low,
+                        ci_high=high,
+                        macro_f1=macro_f1(y_test, preds[i]),
+                        majority=majority,
+                        control_accuracy=c_acc,
+                        selectivity=acc - c_acc,
+                        n_train=folds.mean_train_size,
+                        n_test=len(test),
+                        n_classes=lab.n_classes,
+                        C=regs[i],
+                        seconds=seconds[i],
+                    )
+                )
+            log.info("probed %r with %s in %.1f s", lab.field, m, time.perf_counter() - t0)
+    settings: dict[str, Any] = {
+        "label_fields": fields,
+        "method": methods,
+        "split_field": split_name if split is not None else None,
+        "group_field": group_name,
+        "k_folds": k_folds,
+        "control_field": ctrl_name,
+        "seed": seed,
+        "layers": layer_keys,
+        "n_bootstrap": n_bootstrap,
+        "dev_fraction": dev_fraction,
+        "c_grid": list(c_grid),
+        "total_seconds": round(time.perf_counter() - start_all, 3),
+    }
+    report = ProbeReport(
+        run_path=str(Path(reader.path).resolve()) if reader.path else "",
+        run_id=run_info["run"],
+        model=run_info["model"],
+        strategy=run_info["strategy"],
+        n_rows=reader.n_examples,
+        layers=layer_keys,
+        label_fields=fields,
+        methods=methods,
+        results=results,
+        settings=settings,
+        schemes=schemes,
+        classes={lab.field: list(lab.classes) for lab in labels},
+        seconds={m: round(s, 3) for m, s in method_seconds.items()},
+    )
+    if write:
+        from probing.probes.report import write_report
+
+        if out_dir is None and not reader.path:
+            raise ConfigError("The reader has no path to write probes/ into; pass out_dir, or write=False.")
+        write_report(report, out_dir if out_dir is not None else os.path.join(reader.path, "probes"))
+    return report
