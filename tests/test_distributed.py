@@ -45,3 +45,33 @@ def test_two_ranks_equal_one(tmp_path, tiny_models, n):
     assert list(got.example_metadata("text")) == [r["text"] for r in generate(n)]
     parts = got.metadata["stats"]["parts"]
     assert sum(p["rows_stored"] for p in parts.values()) == n
+
+
+def test_word_level_run_on_two_ranks_equals_one(tmp_path, tiny_models):
+    import json
+
+    rows = [
+        {"words": f"the cat sat on mat {i}".split()[: 2 + i % 5], "tag": [f"t{j}" for j in range(2 + i % 5)]}
+        for i in range(23)
+    ]
+    data = tmp_path / "words.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    common = [
+        f"model.name_or_path={tiny_models['bert']}",
+        "data=files",
+        f"data.path={data}",
+        "data.words_field=words",
+        "+strategy=words",
+        "data.batch_size=4",
+        "storage.chunk_rows=8",
+        "progress=false",
+        "output_dir=out",
+    ]
+    one = cli(*common, "run_id=one", cwd=tmp_path)
+    two = cli(*common, "run_id=two", *DDP, cwd=tmp_path)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
+    a, b = open_run(tmp_path / "out" / "one"), open_run(tmp_path / "out" / "two")
+    np.testing.assert_array_equal(a.offsets, b.offsets)
+    assert list(b.row_metadata("tag")) == [t for r in rows for t in r["tag"]]
+    for layer in a.layers:
+        np.testing.assert_allclose(a.activations(layer), b.activations(layer), atol=1e-5)

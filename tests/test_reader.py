@@ -100,3 +100,14 @@ def test_hdf5_refuses_several_processes_before_compute(tmp_path, tiny_models):
     with pytest.raises(ConfigError, match="one writer at a time.*zarr"):
         DatasetRunner(["a"], 2, extractor, HDF5Storage(str(tmp_path)), trainer={"devices": 2, "strategy": "ddp"})
     assert not any(tmp_path.iterdir())
+
+
+def test_zarr_sharding_and_codecs_round_trip(tmp_path):
+    for i, kwargs in enumerate(
+        [{"shard_chunks": 4}, {"compressor": "zstd"}, {"compressor": "blosc", "shard_chunks": 2}]
+    ):
+        data, w = write(ZarrStorage(str(tmp_path / str(i)), chunk_rows=4, **kwargs), "s", 45)
+        r = open_run(tmp_path / str(i) / "s")
+        np.testing.assert_array_equal(r.activations("x"), data)
+        if "shard_chunks" in kwargs:
+            assert r.array("x").shards == (4 * kwargs["shard_chunks"], 8)

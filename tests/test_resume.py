@@ -128,3 +128,27 @@ def test_resume_with_other_settings_is_refused(tmp_path, tiny_models):
             start(resume=True, **kwargs).run()
     result = start([0], MeanStrategy(), resume=True).run()
     assert open_run(result.path).n_examples == 10
+
+
+@pytest.mark.slow
+def test_token_level_run_killed_and_resumed(tmp_path, tiny_models):
+    args = [
+        f"model.name_or_path={tiny_models['llama']}",
+        "+strategy=tokens",
+        "data.batch_size=4",
+        "storage.chunk_rows=16",
+        "data.limit=41",
+        "progress=false",
+        "output_dir=out",
+    ]
+    ref = cli(*args, "run_id=ref", cwd=tmp_path)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    killed = cli(*args, "run_id=k", cwd=tmp_path, env={"PROBING_FAULT": "after_flush:3"})
+    assert killed.returncode == -9
+    resumed = cli(*args, "run_id=k", "resume=true", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = open_run(tmp_path / "out" / "ref"), open_run(tmp_path / "out" / "k")
+    np.testing.assert_array_equal(a.offsets, b.offsets)
+    np.testing.assert_array_equal(a.row_metadata("token_id"), b.row_metadata("token_id"))
+    for layer in a.layers:
+        np.testing.assert_allclose(a.activations(layer), b.activations(layer), atol=1e-5)
