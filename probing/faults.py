@@ -22,7 +22,8 @@ def fault_point(name: str) -> None:
     if point != name:
         return
     rank = os.environ.get("PROBING_FAULT_RANK")
-    if rank is not None and rank != os.environ.get("LOCAL_RANK", "0"):
+    local = os.environ.get("LOCAL_RANK") or os.environ.get("SLURM_LOCALID") or "0"  # srun sets only the latter
+    if rank is not None and rank != local:
         return
     nth, _, sig = rest.partition(":")
     _counts[name] = _counts.get(name, 0) + 1

@@ -21,7 +21,7 @@ from probing.data.sources import TextDataset
 from probing.engine.module import ExtractionModule
 from probing.engine.preemption import PreemptionHandler
 from probing.engine.writer import RunWriterCallback
-from probing.errors import ConfigError
+from probing.errors import ConfigError, ProbingError
 from probing.extractor import ActivationExtractor
 from probing.storage.base import RunReader, Storage, new_run_id, open_run, utc_now
 
@@ -53,6 +53,14 @@ def package_versions() -> dict[str, str]:
         except importlib_metadata.PackageNotFoundError:
             continue
     return out
+
+
+def _global_rank() -> int:
+    """This process's rank as the launcher tells it (0 when not distributed)."""
+    for var in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
 
 
 def _world_size(trainer: dict[str, Any] | None) -> int:
@@ -196,6 +204,22 @@ class DatasetRunner:
             cols["words"] = [list(w) for w in ds.inputs()]  # per-row (word) text of word-level runs
         return cols
 
+    def _already_complete(self) -> RunResult | None:
+        """With ``resume``, a run that already completed with the same settings is a result, not an error
+        (a requeued job or a re-run sweep member that finished before it was stopped)."""
+        if not self.resume:
+            return None
+        from probing.storage.base import check_resume
+
+        try:
+            reader = open_run(self.storage.run_path(self.run_id))
+        except (FileNotFoundError, ProbingError):
+            return None
+        check_resume(reader.metadata, {**self.metadata(self.dataset.fingerprint()), "storage": self.storage.describe()})
+        log.info("run %s is already complete; nothing to do", self.run_id)
+        stats = dict(reader.metadata.get("stats", {}).get("total", {}))
+        return RunResult(self.run_id, reader.path, reader.n_examples, reader.layers, stats, _global_rank())
+
     def build(self) -> tuple[pl.Trainer, ExtractionModule, ExtractionDataModule, RunWriterCallback]:
         """Validate and build the Lightning objects (before any compute)."""
         tokenizer = self.extractor.backend.tokenizer
@@ -249,6 +273,9 @@ class DatasetRunner:
         same call with ``resume=True`` finishes the run.
         """
         os.environ.setdefault("PROBING_RUN_ID", self.run_id)
+        done = self._already_complete()
+        if done is not None:
+            return done
         self.preemption.install()
         try:
             trainer, module, datamodule, writer = self.build()
