@@ -124,16 +124,16 @@ def run_job(cfg: Any) -> Any:
 
 def _probe_after(run_path: str, probe_cfg: dict[str, Any], explicit: bool) -> None:
     """Probe the run just written and print the per-layer table (skipped quietly if it has no labels)."""
-    from probing.errors import ConfigError
+    from probing.errors import ProbingError
     from probing.probes.report import format_table
     from probing.probes.run import probe_run
 
     try:
         report = probe_run(run_path, **probe_cfg)
-    except ConfigError as exc:
+    except ProbingError as exc:  # no labels, too few rows...: the extraction itself succeeded
         if explicit:
             raise
-        log.info("no probes after extraction: %s", exc)
+        print(f"probing: no probes after extraction ({exc}); `python -m probing probe {run_path}` probes it later")
         return
     print(format_table(report))
     files = getattr(report, "files", None) or {}
