@@ -179,7 +179,7 @@ class DatasetRunner:
             "dataset": {
                 "words_field": self.dataset.words_field,
                 "n_examples": len(self.dataset),
-                "fingerprint": self.dataset.fingerprint(),
+                "fingerprint": fingerprint,
                 "text_field": self.dataset.text_field,
                 "fields": self.dataset.fields,
             },

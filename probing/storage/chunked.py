@@ -434,7 +434,7 @@ class ChunkedRunReader(RunReader):
     def offsets(self) -> np.ndarray:
         """Row offsets ``[n_examples + 1]``: example ``i`` owns rows ``offsets[i]:offsets[i + 1]``."""
         if self.partial:
-            lengths = self._partial_concat("lengths", None)
+            lengths = self._partial_concat("lengths")
             return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         if not self.ragged:
             return np.arange(self.n_examples + 1, dtype=np.int64)
@@ -448,7 +448,7 @@ class ChunkedRunReader(RunReader):
     def activations(self, layer: int | str) -> np.ndarray:
         key = self.layer_key(layer)
         if self.partial:
-            return self._partial_concat(f"layers/{key}", None)
+            return self._partial_concat(f"layers/{key}")
         return self.io.read(f"layers/{key}")
 
     def array(self, layer: int | str) -> Any:
@@ -477,7 +477,7 @@ class ChunkedRunReader(RunReader):
     def example_metadata(self, field: str) -> np.ndarray:
         if self.partial:
             if field == "token_counts":
-                return self._partial_concat("token_counts", None)
+                return self._partial_concat("token_counts")
             raise KeyError(f"A partial run holds only token_counts per example; {field!r} is written at the end.")
         if field not in self.example_fields:
             raise KeyError(f"No per-example field {field!r}; stored: {self.example_fields}.")
@@ -495,7 +495,7 @@ class ChunkedRunReader(RunReader):
             return np.asarray([json.loads(v) for v in values], dtype=object)
         return values
 
-    def _partial_concat(self, source: str, _: None) -> np.ndarray:
+    def _partial_concat(self, source: str) -> np.ndarray:
         if source in self._partial_cache:
             return self._partial_cache[source]
         v = self._view
