@@ -111,3 +111,40 @@ def test_zarr_sharding_and_codecs_round_trip(tmp_path):
         np.testing.assert_array_equal(r.activations("x"), data)
         if "shard_chunks" in kwargs:
             assert r.array("x").shards == (4 * kwargs["shard_chunks"], 8)
+
+
+@pytest.mark.parametrize("make", [lambda p: ZarrStorage(p, chunk_rows=5), lambda p: HDF5Storage(p, chunk_rows=5)])
+def test_token_level_rows_cut_mid_example_are_resumed_exactly(tmp_path, make):
+    """Rows are written in whole chunks, so a chunk boundary falls inside examples: an interrupted run
+    keeps exactly the examples whose rows all reached disk, and a resume completes the rest."""
+    rng = np.random.default_rng(1)
+    n, dim = 30, 4
+    counts = rng.integers(0, 6, size=n)  # 0 to 5 rows per example, chunks of 5 rows
+    rows = [rng.normal(size=(int(c), dim)).astype(np.float32) for c in counts]
+    meta = {"layers": ["x"], "dataset": {"n_examples": n}, "hidden_size": dim, "mode": "tokens"}
+    order = rng.permutation(n)
+
+    def append(w, ids, b):  # type: ignore[no-untyped-def]
+        acts = np.concatenate([rows[i] for i in ids]) if len(ids) else np.zeros((0, dim), np.float32)
+        w.append(b, {"x": acts}, {"example_ids": ids, "token_counts": counts[ids] + 2, "row_counts": counts[ids]})
+
+    w = make(str(tmp_path)).open_run("t", metadata=meta)
+    for b, s in enumerate(range(0, 17, 3)):  # 18 examples, then "killed": buffered rows are lost
+        append(w, order[s : s + 3], b)
+    w.io.close()
+    with pytest.warns(UserWarning, match=r"\d+ of 30 examples are finished"):
+        part = open_run(tmp_path / "t", allow_partial=True)
+    done = part.example_ids
+    assert 0 < len(done) < 18 and set(done) <= set(order[:18])
+    for j, i in enumerate(done):
+        np.testing.assert_array_equal(part.rows_of("x", j), rows[i])
+    part.io.close()
+    w = make(str(tmp_path)).open_run("t", metadata=meta, resume=True)
+    todo = np.setdiff1d(np.arange(n), w.done_ids())
+    assert len(todo) == n - len(done)
+    for b, s in enumerate(range(0, len(todo), 4)):
+        append(w, todo[s : s + 4], b)
+    w.finalize()
+    r = open_run(tmp_path / "t")
+    for i in range(n):
+        np.testing.assert_array_equal(r.rows_of("x", i), rows[i])

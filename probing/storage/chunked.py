@@ -161,8 +161,10 @@ class ChunkedRunWriter(RunWriter):
         self._ids: list[np.ndarray] = []
         self._counts: list[np.ndarray] = []
         self._lengths: list[np.ndarray] = []
-        self._buffered = 0
-        self._buffered_rows = 0
+        self._buffered = 0  # examples not yet marked as stored
+        self._buffered_rows = 0  # rows not yet written
+        self._rows_on_disk = 0  # rows written to this part's layer arrays
+        self._rows_marked = 0  # rows of the examples marked as stored
         self._chunk_rows: int | None = None
         self._keys: list[str] = list(meta.get("layers", []))
         self.ragged = meta.get("mode", "pooled") != "pooled"
@@ -197,7 +199,7 @@ class ChunkedRunWriter(RunWriter):
         self._buffered_rows += int(lengths.sum())
         if self._chunk_rows is None:
             self._chunk_rows = self.rows_per_chunk(max(v.shape[1] for v in activations.values()))
-        if (self._buffered_rows if self.ragged else self._buffered) >= self._chunk_rows:
+        if self._buffered_rows >= self._chunk_rows:
             self._flush(final=False)
 
     def _append(self, path: str, data: np.ndarray, compress: bool) -> None:
@@ -208,29 +210,44 @@ class ChunkedRunWriter(RunWriter):
         self.io.append(path, data)
 
     def _flush(self, final: bool) -> None:
+        """Write the buffered rows in whole chunks (all of them when ``final``), then mark as stored the
+        examples whose rows are all on disk.
+
+        Rows go out in whole chunks, so no chunk is written twice (a partial chunk would be read back and
+        rewritten by the next append). A chunk boundary may fall inside a token-level example: its first
+        rows are written now, and its id only once the rest follow. Rows past the last marked example
+        are ignored by readers and resume, which locate rows from the marked examples' lengths.
+        """
+        if self._chunk_rows is None:
+            return  # nothing appended yet
+        total = self._rows_on_disk + self._buffered_rows
+        target = total if final else (total // self._chunk_rows) * self._chunk_rows
+        n_rows = target - self._rows_on_disk
+        if n_rows > 0:
+            for key, parts in self._buffers.items():
+                data = np.concatenate(parts)
+                self._append(f"{self.part}/layers/{key}", data[:n_rows], self.compress)
+                self._buffers[key] = [data[n_rows:]] if n_rows < len(data) else []
+            for name, parts in self._rowf.items():
+                data = np.concatenate(parts)
+                self._append(f"{self.part}/row_fields/{name}", data[:n_rows], False)
+                self._rowf[name] = [data[n_rows:]] if n_rows < len(data) else []
+            self._rows_on_disk = target
+            self._buffered_rows -= n_rows
         if self._buffered == 0:
             return
-        assert self._chunk_rows is not None
-        # pooled: whole chunks; token-level: whole examples (a chunk boundary may fall inside one)
-        whole = (self._buffered // self._chunk_rows) * self._chunk_rows
-        k = self._buffered if self.ragged or final else whole
         ids, counts, lengths = (np.concatenate(x) for x in (self._ids, self._counts, self._lengths))
-        rows = int(lengths[:k].sum())
-        for key, parts in self._buffers.items():
-            data = np.concatenate(parts)
-            self._append(f"{self.part}/layers/{key}", data[:rows], self.compress)
-            self._buffers[key] = [data[rows:]] if rows < len(data) else []
-        for name, parts in self._rowf.items():
-            data = np.concatenate(parts)
-            self._append(f"{self.part}/row_fields/{name}", data[:rows], False)
-            self._rowf[name] = [data[rows:]] if rows < len(data) else []
+        ends = self._rows_marked + np.cumsum(lengths)
+        k = int(np.searchsorted(ends, self._rows_on_disk, side="right"))
+        if k == 0:
+            return
         self._append(f"{self.part}/token_counts", counts[:k], False)
         self._append(f"{self.part}/lengths", lengths[:k], False)
         self._append(f"{self.part}/ids", ids[:k], False)  # last: marks these examples as stored
         fault_point("after_flush")
         self._ids, self._counts, self._lengths = ([x[k:]] if k < len(x) else [] for x in (ids, counts, lengths))
+        self._rows_marked = int(ends[k - 1])
         self._buffered -= k
-        self._buffered_rows -= rows
         self.rows_written += k
 
     def close(self) -> None:
@@ -458,7 +475,10 @@ class ChunkedRunReader(RunReader):
     def rows_of(self, layer: int | str, example: int) -> np.ndarray:
         """The ``[rows, dim]`` activations of one example (one row for pooled runs)."""
         offs = self.offsets
-        return self.io.read(f"layers/{self.layer_key(layer)}", int(offs[example]), int(offs[example + 1]))
+        start, stop = int(offs[example]), int(offs[example + 1])
+        if self.partial:  # ``example`` counts the finished examples (see `example_ids`)
+            return self.activations(layer)[start:stop]
+        return self.io.read(f"layers/{self.layer_key(layer)}", start, stop)
 
     def iter_batches(self, layer: int | str, batch_size: int = 1024) -> Iterator[np.ndarray]:
         """Rows of a layer in order, ``batch_size`` at a time, never the whole layer in memory."""

@@ -81,6 +81,14 @@ class ZarrIO(ArrayIO):
         self.group = group
         self.compressors = compressors
         self.shard_chunks = shard_chunks
+        # handles of the arrays this IO created: it is their only writer, so they stay current and
+        # appends skip re-reading the array metadata; arrays written by other processes are always
+        # looked up afresh (their shape changes under us)
+        self._own: dict[str, Any] = {}
+
+    def _array(self, path: str) -> Any:
+        arr = self._own.get(path)
+        return arr if arr is not None else self.group[path]
 
     def get_meta(self) -> dict[str, Any]:
         return dict(self.group.attrs["probing"])
@@ -98,26 +106,28 @@ class ZarrIO(ArrayIO):
         kwargs: dict[str, Any] = {}
         if self.shard_chunks and len(shape):
             kwargs["shards"] = (chunk_rows * self.shard_chunks, *shape)
-        self.group.create_array(
+        self._own[path] = self.group.create_array(
             path,
             shape=(0, *shape),
             chunks=(chunk_rows, *shape),
             dtype=dtype,
             compressors=self.compressors if compress else None,
             overwrite=True,
+            # activations are never all zeros: skip zarr's per-chunk "is it all fill value?" scan
+            config={"write_empty_chunks": True},
             **kwargs,
         )
 
     def append(self, path: str, data: np.ndarray) -> None:
-        self.group[path].append(data, axis=0)
+        self._array(path).append(data, axis=0)
 
     def read(self, path: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
-        arr = self.group[path]
+        arr = self._array(path)
         out = arr[:] if start is None and stop is None else arr[start:stop]
         return np.asarray(out)
 
     def shape(self, path: str) -> tuple[int, ...]:
-        return tuple(self.group[path].shape)
+        return tuple(self._array(path).shape)
 
     def exists(self, path: str) -> bool:
         return path in self.group
@@ -134,6 +144,8 @@ class ZarrIO(ArrayIO):
         return sorted(self.group[group].array_keys()) if group in self.group else []
 
     def delete(self, group: str) -> None:
+        prefix = group.rstrip("/") + "/"
+        self._own = {k: v for k, v in self._own.items() if not k.startswith(prefix)}
         if group in self.group:
             del self.group[group]
 
