@@ -188,6 +188,27 @@ def test_split_values_dev_split_and_unknown_values():
         probe_run(reader, write=False)
 
 
+def test_c_is_chosen_on_a_capped_seeded_subset_and_the_final_fit_uses_every_training_row():
+    from probing.probes.run import cap_search_rows
+
+    y = np.arange(1000) % 3
+    folds = make_folds(y, split=np.asarray(["train"] * 800 + ["test"] * 200))
+    capped = cap_search_rows(folds, 100, seed=0)
+    (fold,), (orig,) = capped.folds, folds.folds
+    assert len(fold.fit) == len(fold.dev) == 100 and np.all(np.diff(fold.fit) > 0)
+    assert set(fold.fit) <= set(orig.fit) and set(fold.dev) <= set(orig.dev)
+    assert np.array_equal(fold.train, orig.train) and np.array_equal(fold.test, orig.test)
+    assert np.array_equal(cap_search_rows(folds, 100, seed=0).folds[0].fit, fold.fit)  # seeded
+    assert "C chosen on 100 fit and 100 dev rows" in capped.scheme
+    assert cap_search_rows(folds, None, seed=0) is folds and cap_search_rows(folds, 10_000, seed=0) is folds
+    with pytest.raises(ConfigError, match="search_rows"):
+        cap_search_rows(folds, 1, seed=0)
+    report = probe_run(planted(n=400), label_fields="label", search_rows=60, write=False)
+    assert report.settings["search_rows"] == 60 and "C chosen on 60 fit" in report.schemes["label"]
+    best = max(r.accuracy for r in report.results)
+    assert best > 0.9  # the planted layer is still found
+
+
 # --- baselines, control task, CI, metrics ------------------------------------------------------------
 
 

@@ -36,6 +36,7 @@ def test_upos_probes_match_plain_transformers_and_sklearn(tmp_path):
 
     from probing import ActivationExtractor, DatasetRunner, ModelBackend, WordsStrategy, ZarrStorage, probe_run
     from probing.data.loaders import load_conllu, rename_values
+    from probing.probes.sklearn_probe import TOL
 
     data = rename_values(
         load_conllu([str(UD / "en_ewt-ud-dev.conllu"), str(UD / "en_ewt-ud-test.conllu")]), "split", {"dev": "train"}
@@ -64,7 +65,11 @@ def test_upos_probes_match_plain_transformers_and_sklearn(tmp_path):
     assert 0.14 < majority < 0.18
     for layer, key in enumerate(["embeddings"] + [f"blocks.{i}" for i in range(6)]):
         scaler = StandardScaler().fit(feats[layer][is_train])
-        clf = LogisticRegression(C=1.0, max_iter=500).fit(scaler.transform(feats[layer][is_train]), labels[is_train])
+        # the same solver settings as the sklearn path (C, and its lbfgs tolerance); features, labels,
+        # split and scaling are computed independently here
+        clf = LogisticRegression(C=1.0, tol=TOL, max_iter=500).fit(
+            scaler.transform(feats[layer][is_train]), labels[is_train]
+        )
         acc = float(np.mean(clf.predict(scaler.transform(feats[layer][~is_train])) == labels[~is_train]))
         assert abs(ours[key].accuracy - acc) <= 0.005, (key, ours[key].accuracy, acc)
         assert abs(ours[key].majority - majority) < 1e-9

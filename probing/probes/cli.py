@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from probing.probes.metrics import N_BOOTSTRAP
+from probing.probes.run import SEARCH_ROWS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,6 +32,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--k-folds", type=int, default=5, help="folds when there is no split field (default: 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of folds, control labels and bootstrap (default: 0)")
     p.add_argument("--n-bootstrap", type=int, default=N_BOOTSTRAP, help=f"bootstrap resamples (default: {N_BOOTSTRAP})")
+    p.add_argument(
+        "--search-rows",
+        type=lambda v: None if v.lower() in ("none", "all") else int(v),
+        default=SEARCH_ROWS,
+        help=f"most fit and dev rows used to choose C; 'all' for every row (default: {SEARCH_ROWS})",
+    )
     p.add_argument("--no-write", action="store_true", help="only print the table")
     return p
 
@@ -61,6 +68,7 @@ def probe_main(argv: list[str]) -> int:
             out_dir=args.out,
             layers=[s.strip() for s in args.layers.split(",")] if args.layers else None,
             n_bootstrap=args.n_bootstrap,
+            search_rows=args.search_rows,
             write=not args.no_write,
         )
     except (ProbingError, FileNotFoundError) as exc:

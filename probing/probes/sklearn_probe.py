@@ -2,34 +2,51 @@
 
 The reference implementation: a well-tested solver (lbfgs), standardized features, and the L2
 strength picked from `C_GRID` by dev accuracy, walking the grid from strong to weak regularization
-with warm starts, then refit on all training rows.
+with warm starts, then refit on all training rows. Layers are fit in parallel threads, one per CPU
+core, each with one BLAS thread (the solver's matrix products release the GIL).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 import warnings
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
-from probing.probes.base import C_GRID, ProbeFit
+from probing.probes.base import C_GRID, PATIENCE, ProbeFit
 from probing.probes.data import Fold, standardize
 
 #: problems smaller than this (rows x features) run with one BLAS thread: for them, thread start-up
 #: and contention cost more than they save (measured: ~20x slower lbfgs on a busy 2-core machine)
 SINGLE_THREAD_BELOW = 20_000_000
+#: lbfgs stopping tolerance on the gradient of the mean loss. sklearn's default (1e-4) spends more
+#: than half of its iterations past the point where test accuracy stops moving: on UD EWT word-level
+#: UPOS probes (25k rows x 384), 1e-3 takes 25 iterations instead of 58-89 and changes test accuracy
+#: by -0.03 (C=0.01, the chosen value) to +0.3 (C=1) points.
+TOL = 1e-3
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 @contextlib.contextmanager
-def _quiet_blas(size: int) -> Iterator[None]:
+def _quiet_blas(single_thread: bool) -> Iterator[None]:
+    """No convergence warnings (the grid walks through under-converged fits by design); one BLAS thread if asked."""
     with warnings.catch_warnings():
         from sklearn.exceptions import ConvergenceWarning
 
         warnings.simplefilter("ignore", ConvergenceWarning)
-        if size < SINGLE_THREAD_BELOW:
+        if single_thread:
             from threadpoolctl import threadpool_limits
 
             with threadpool_limits(limits=1, user_api="blas"):
@@ -63,7 +80,7 @@ def sklearn_fit_predict(
     regs: Sequence[float] | None = None,
     grid: Sequence[float] = C_GRID,
     max_iter: int = 500,
-    tol: float = 1e-4,
+    tol: float = TOL,
 ) -> ProbeFit:
     """Fit one probe per layer on ``fold`` and predict its test rows.
 
@@ -73,32 +90,48 @@ def sklearn_fit_predict(
         n_classes: number of classes (unused by sklearn, kept for the common signature).
         fold: rows to fit/dev/train/test on.
         regs: C per layer; when given the dev search is skipped (control tasks reuse the task's C).
-        grid: C values searched on dev.
+        grid: C values searched on dev, from strong to weak regularization; the walk stops after
+            `PATIENCE` values in a row score below the best so far.
     """
     from sklearn.linear_model import LogisticRegression
 
     del n_classes
     grid = sorted(grid)
     preds = np.empty((len(features), len(fold.test)), dtype=np.int64)
-    chosen: list[float] = []
-    seconds: list[float] = []
-    for i, x in enumerate(features):
+    chosen = [0.0] * len(features)
+    seconds = [0.0] * len(features)
+
+    def fit_layer(i: int) -> None:
         start = time.perf_counter()
-        with _quiet_blas(len(fold.train) * x.shape[1]):
-            if regs is None:
-                z = standardize(x, fold.fit)
-                model = LogisticRegression(max_iter=max_iter, tol=tol, warm_start=True)
-                best_c, best_acc = grid[0], -1.0
-                for c in grid:
-                    fitted = _fit(model.set_params(C=c), z[fold.fit], y[fold.fit])
-                    acc = float(np.mean(fitted.predict(z[fold.dev]) == y[fold.dev]))
-                    if acc > best_acc:  # ties keep the stronger regularization
-                        best_c, best_acc = c, acc
-            else:
-                best_c = float(regs[i])
-            z = standardize(x, fold.train)
-            final = _fit(LogisticRegression(C=best_c, max_iter=max_iter, tol=tol), z[fold.train], y[fold.train])
-            preds[i] = final.predict(z[fold.test])
-        chosen.append(best_c)
-        seconds.append(time.perf_counter() - start)
+        x = features[i]
+        if regs is None:
+            z = standardize(x, fold.fit)
+            model = LogisticRegression(max_iter=max_iter, tol=tol, warm_start=True)
+            best_c, best_acc, worse = grid[0], -1.0, 0
+            for c in grid:
+                fitted = _fit(model.set_params(C=c), z[fold.fit], y[fold.fit])
+                acc = float(np.mean(fitted.predict(z[fold.dev]) == y[fold.dev]))
+                if acc > best_acc:  # ties keep the stronger regularization
+                    best_c, best_acc, worse = c, acc, 0
+                elif acc < best_acc:
+                    worse += 1
+                    if worse == PATIENCE:
+                        break
+        else:
+            best_c = float(regs[i])
+        z = standardize(x, fold.train)
+        final = _fit(LogisticRegression(C=best_c, max_iter=max_iter, tol=tol), z[fold.train], y[fold.train])
+        preds[i] = final.predict(z[fold.test])
+        chosen[i] = best_c
+        seconds[i] = time.perf_counter() - start
+
+    workers = min(len(features), cpu_cores())
+    size = len(fold.train) * max((int(x.shape[1]) for x in features), default=0)
+    with _quiet_blas(single_thread=workers > 1 or size < SINGLE_THREAD_BELOW):
+        if workers > 1:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probing-probe") as pool:
+                list(pool.map(fit_layer, range(len(features))))  # list(): re-raise a worker's error here
+        else:
+            for i in range(len(features)):
+                fit_layer(i)
     return ProbeFit(predictions=preds, regs=chosen, seconds=seconds)

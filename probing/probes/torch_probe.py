@@ -1,12 +1,13 @@
-"""Linear probes in torch: the probes of all layers and all C values trained as one batched problem.
+"""Linear probes in torch: the probes of all layers trained as one batched problem.
 
 Layers of equal width are stacked into ``X [L, n, d]`` and one weight tensor ``W [L, G, K, d]``
-holds a probe per layer and per grid value of C; one full-batch L-BFGS run minimizes the sum of
-their (independent) objectives, the dev accuracy picks C per layer, and a second batched run refits
-the chosen probes on all training rows, warm-started. The objective is sklearn's,
-``mean(CE) + |W|^2 / (2 C n)`` with an unpenalized bias, and binary tasks use one logit, so the
-numbers match the sklearn path. Runs on a GPU when there is one; on a CPU the sklearn path is
-usually faster (it stops each fit at its own convergence).
+holds a probe per layer (and per value of C, ``G``); one full-batch L-BFGS run minimizes the sum of
+their (independent) objectives. C is chosen as in the sklearn path: the grid is walked from strong to
+weak regularization, each step warm-started from the last, until every layer's walk has stopped
+(`PATIENCE` values in a row below its best dev accuracy); then the chosen probes are refit on all
+training rows, warm-started. The objective is sklearn's, ``mean(CE) + |W|^2 / (2 C n)`` with an
+unpenalized bias, and binary tasks use one logit, so the numbers match the sklearn path. Runs on a
+GPU when there is one.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from probing.probes.base import C_GRID, ProbeFit
+from probing.probes.base import C_GRID, PATIENCE, ProbeFit
 from probing.probes.data import Fold
 
 #: bound on the stacked features of one batch of layers (bigger runs are done in several batches)
@@ -27,6 +28,9 @@ MAX_BATCH_BYTES = 2**30
 #: problems is a long chain of tiny ops, and idle threads spinning between them cost more than they
 #: save (measured: 0.5 s on one thread vs 13 s on two, 7 layers x 600 rows, on a busy 2-core machine)
 SINGLE_THREAD_BELOW = 50_000_000
+#: L-BFGS stops when every gradient entry of the (mean) loss is below this: the sklearn path's tolerance
+#: (`probing.probes.sklearn_probe.TOL`), so both stop at about the same point
+TOLERANCE_GRAD = 1e-3
 
 
 @contextlib.contextmanager
@@ -69,12 +73,14 @@ def _stack(
         mean = r.mean(axis=0, dtype=np.float64)
         std = r.std(axis=0, dtype=np.float64)
         std[std < 1e-8] = 1.0
-        stats.append((mean, std))
+        stats.append((mean.astype(np.float32), std.astype(np.float32)))
     out: list[Any] = []
     for rows in parts:
-        block = np.stack(
-            [((features[i][rows] - m) / s).astype(np.float32) for i, (m, s) in zip(layers, stats, strict=True)]
-        )
+        dim = int(features[layers[0]].shape[1])
+        block = np.empty((len(layers), len(rows), dim), dtype=np.float32)
+        for j, (i, (m, s)) in enumerate(zip(layers, stats, strict=True)):
+            np.subtract(features[i][rows], m, out=block[j])  # in float32, in place: no float64 copies
+            block[j] /= s
         out.append(torch.from_numpy(block).to(device))
     return out
 
@@ -121,7 +127,7 @@ def _train(
         lr=1.0,
         max_iter=max_iter,
         history_size=20,
-        tolerance_grad=1e-5,
+        tolerance_grad=TOLERANCE_GRAD,
         tolerance_change=1e-9,
         line_search_fn="strong_wolfe",
     )
@@ -184,6 +190,51 @@ def torch_fit_predict(
     return ProbeFit(predictions=preds, regs=chosen, seconds=seconds)
 
 
+def _search(
+    features: Sequence[np.ndarray],
+    y: np.ndarray,
+    n_out: int,
+    fold: Fold,
+    layers: list[int],
+    grid: list[float],
+    max_iter: int,
+    dev: Any,
+) -> tuple[list[float], tuple[Any, Any]]:
+    """Choose C per layer on ``fold.fit``/``fold.dev``: the chosen values and their weights (a warm start)."""
+    import torch
+
+    x_fit, x_dev = _stack(features, layers, fold.fit, (fold.fit, fold.dev), dev)
+    y_fit = torch.from_numpy(y[fold.fit]).to(dev)
+    n_layers = len(layers)
+    best_acc = np.full(n_layers, -1.0)
+    worse = np.zeros(n_layers, dtype=np.int64)
+    active = np.ones(n_layers, dtype=bool)  # layers still walking the grid
+    pick = [0] * n_layers
+    w: Any = None
+    b: Any = None
+    best_w: Any = None
+    best_b: Any = None
+    for j, c in enumerate(grid):
+        lam = torch.full((n_layers, 1), 1.0 / (c * len(fold.fit)), device=dev)
+        w, b = _train(x_fit, y_fit, n_out, lam, max_iter, None if w is None else (w, b))
+        acc = (_predict(x_dev, w, b)[:, 0].cpu().numpy() == y[fold.dev]).mean(axis=1)
+        better = active & (acc > best_acc)  # ties keep the stronger regularization
+        worse[better] = 0
+        worse[active & (acc < best_acc)] += 1
+        active &= worse < PATIENCE
+        if best_w is None:
+            best_w, best_b = w.clone(), b.clone()
+        else:
+            mask = torch.from_numpy(better).to(dev)
+            best_w[mask], best_b[mask] = w[mask], b[mask]
+        for i in np.flatnonzero(better):
+            pick[i] = j
+        best_acc = np.where(better, acc, best_acc)
+        if not active.any():
+            break  # every layer is past its best: weaker regularization only costs time
+    return [grid[j] for j in pick], (best_w, best_b)
+
+
 def _fit_batch(
     features: Sequence[np.ndarray],
     y: np.ndarray,
@@ -203,18 +254,7 @@ def _fit_batch(
 
     start = time.perf_counter()
     if regs is None:
-        x_fit, x_dev = _stack(features, layers, fold.fit, (fold.fit, fold.dev), dev)
-        y_fit = torch.from_numpy(y[fold.fit]).to(dev)
-        lam = torch.tensor([[1.0 / (c * len(fold.fit)) for c in grid]] * len(layers), device=dev)
-        w, b = _train(x_fit, y_fit, n_out, lam, max_iter)
-        del x_fit
-        dev_acc = (_predict(x_dev, w, b).cpu().numpy() == y[fold.dev]).mean(axis=2)
-        pick = [int(np.argmax(a)) for a in dev_acc]  # first max: the stronger regularization
-        best = [grid[j] for j in pick]
-        sel = torch.tensor(pick, device=dev)
-        ar = torch.arange(len(layers), device=dev)
-        init = (w[ar, sel][:, None], b[ar, sel][:, None])
-        del x_dev
+        best, init = _search(features, y, n_out, fold, layers, grid, max_iter, dev)
     else:
         best = [float(regs[i]) for i in layers]
         init = None
