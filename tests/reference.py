@@ -12,7 +12,11 @@ FINAL_NORMS = ("ln_f", "norm")  # GPT-2, Llama: applied to the last entry of hid
 
 def hidden_states(model: torch.nn.Module, tokenizer: object, text: str) -> list[np.ndarray]:
     """[embeddings, block 0 output, ..., block n-1 output] of one text, each [tokens, hidden], no final norm."""
-    enc = tokenizer(text, return_tensors="pt")  # type: ignore[operator]
+    return encoded_hidden_states(model, tokenizer(text, return_tensors="pt"))  # type: ignore[operator]
+
+
+def encoded_hidden_states(model: torch.nn.Module, enc: object) -> list[np.ndarray]:
+    """`hidden_states` of one already tokenized example (e.g. pre-split words)."""
     raw = copy.deepcopy(model)
     for name in FINAL_NORMS:
         if isinstance(getattr(raw, name, None), torch.nn.Module):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from reference import hidden_states
+from reference import encoded_hidden_states, hidden_states
 
 from probing import (
     ActivationExtractor,
@@ -29,20 +29,9 @@ def token_reference(model, text, layer, keep_special):  # type: ignore[no-untype
 
 
 def word_reference(model, words, layer, pool):  # type: ignore[no-untyped-def]
+    """Per-word vectors of one unpadded example from plain ``output_hidden_states`` (no final norm)."""
     enc = model.tokenizer(words, is_split_into_words=True, return_tensors="pt")
-    import torch
-
-    with torch.no_grad():
-        raw = hidden_states(model.model, model.tokenizer, model.tokenizer.decode(enc["input_ids"][0]))  # noqa: F841
-    # compute directly from the split input (same ids), unpadded
-    import copy
-
-    m = copy.deepcopy(model.model)
-    for name in ("ln_f", "norm"):
-        if isinstance(getattr(m, name, None), torch.nn.Module):
-            setattr(m, name, torch.nn.Identity())
-    with torch.no_grad():
-        h = m(**enc, output_hidden_states=True).hidden_states[layer + 1][0].numpy()
+    h = encoded_hidden_states(model.model, enc)[layer + 1]
     wids = enc.word_ids(0)
     out = []
     for w in range(len(words)):
