@@ -44,7 +44,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         configs = [(n, True) for n in a.sizes] + [(a.sizes[0], False)]
         for n, bucketing in configs:
-            args = [f"data.n_examples={n}", f"data.bucketing={str(bucketing).lower()}", "progress=false", "output_dir=runs"]
+            args = [f"data.n_examples={n}", f"data.bucketing={str(bucketing).lower()}", "progress=false", "output_dir=runs",
+                    "probe_after_extract=false"]
             r = run_cli(args, tmp)
             rows.append({"examples": n, "bucketing": bucketing, **r})
             print(f"done: {n} bucketing={bucketing}", file=sys.stderr)

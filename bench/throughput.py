@@ -4,9 +4,12 @@ One process, the same examples for every row: all-MiniLM-L6-v2, 2,048 English se
 tokens (UD English EWT, or built-in sentences joined to that range if ../shared is absent), batch
 32, max length 128, 2 threads. Baselines exclude tokenization (batches are pre-tokenized);
 `probing` rows include it (it tokenizes per batch while running). Each row: one warm-up pass, then
-the median and spread of ``--repeats`` timed passes. Prints real tokens/s, examples/s, the ratio to
-the naive loop and to the bare forward with the same batching, and the process's peak RSS so far;
-writes the table as JSON.
+the median and spread of ``--repeats`` timed passes (bf16 rows: ``--bf16-repeats``, as bf16 is slow
+on CPUs without bf16 instructions). Prints real tokens/s, examples/s, the ratio to the naive loop and
+to the bare forward with the same batching, and the process's peak RSS so far; then where the time of
+the main `probing` row goes (tokenization, set-up, the predict loop beyond the bare forward, finalize),
+and the accuracy cost of bf16-mixed against fp32 (cosine and max abs difference per layer); writes
+everything as JSON.
 
     python bench/throughput.py [--n 2048] [--repeats 3] [--out bench/results/throughput.json]
 """
@@ -14,6 +17,7 @@ writes the table as JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -23,8 +27,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -65,7 +70,7 @@ def batches(tokenizer: Any, texts: list[str], order: list[int], size: int = 32) 
 
 def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
     fn()  # warm-up
-    times = []
+    times: list[float] = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
@@ -77,10 +82,125 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class Phases:
+    """Wall time of the phases of `DatasetRunner.run`, recorded by wrapping its steps (bench only).
+
+    Per pass: set-up (validation, the length pass, Lightning objects), tokenization (the collate
+    function, inside the predict loop), the predict loop, and finish (drain the writer, finalize).
+    """
+
+    def __init__(self) -> None:
+        self.passes: list[dict[str, float]] = []
+        self._on = False
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[None]:
+        from probing.data.datamodule import Collator
+        from probing.engine.runner import DatasetRunner
+        from probing.engine.writer import RunWriterCallback
+
+        originals = (DatasetRunner.build, Collator.__call__, RunWriterCallback.finish)
+        me = self
+
+        def add(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                t0 = time.perf_counter()
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    if me.passes:
+                        me.passes[-1][name] = me.passes[-1].get(name, 0.0) + time.perf_counter() - t0
+            return wrapper
+
+        DatasetRunner.build = add("setup", originals[0])  # type: ignore[method-assign]
+        Collator.__call__ = add("tokenization", originals[1])  # type: ignore[method-assign]
+        RunWriterCallback.finish = add("finish", originals[2])  # type: ignore[method-assign]
+        self._on = True
+        try:
+            yield
+        finally:
+            self._on = False
+            DatasetRunner.build, Collator.__call__, RunWriterCallback.finish = originals  # type: ignore[method-assign]
+
+    def start(self) -> None:
+        if self._on:
+            self.passes.append({"t0": time.perf_counter()})
+
+    def stop(self) -> None:
+        if self._on and self.passes:
+            p = self.passes[-1]
+            p["total"] = time.perf_counter() - p.pop("t0")
+
+    @staticmethod
+    def summary(p: dict[str, float], bare_sorted_s: float) -> dict[str, float]:
+        """One pass split into phases; the predict loop beyond the bare forward (timed just before it)
+        is what hooks, pooling, device copies, queueing storage writes and Lightning cost."""
+        finish = p.get("finish", 0.0)
+        loop = p["total"] - p.get("setup", 0.0) - finish
+        loop_no_tok = loop - p.get("tokenization", 0.0)
+        return {
+            "total": p["total"],
+            "setup (validation, length pass, Lightning objects)": p.get("setup", 0.0),
+            "tokenization (collate, in the loop)": p.get("tokenization", 0.0),
+            "predict loop without tokenization": loop_no_tok,
+            "  of which the bare forward (sorted, same batches)": bare_sorted_s,
+            "  of which the rest (hooks, pooling, copies, writes, Lightning)": loop_no_tok - bare_sorted_s,
+            "finish (drain the writer, finalize in dataset order)": finish,
+            "rest / bare forward": (loop_no_tok - bare_sorted_s) / bare_sorted_s,
+            "loop without tokenization: x bare": bare_sorted_s / loop_no_tok,
+        }
+
+
+def other_rows(row: Callable[..., None], probing_run: Callable[..., None], bf16_repeats: int) -> None:
+    """The rows beyond the target: bf16-mixed, dataset order, block 1 with and without early stop."""
+    row("probing DatasetRunner, all layers, bf16-mixed", lambda: probing_run("all", precision="bf16-mixed"), "sorted",
+        bf16_repeats)
+    row("probing DatasetRunner, all layers, dataset order", lambda: probing_run("all", bucketing=False), "dataset")
+    row("probing DatasetRunner, block 1 only, dataset order (early stop)",
+        lambda: probing_run([1], bucketing=False), "dataset")
+    row("probing DatasetRunner, block 1 only, dataset order, no early stop",
+        lambda: probing_run([1], bucketing=False, early_stop=False), "dataset")
+
+
+def paired(bare_fn: Callable[[], Any], fn: Callable[[], Any], pairs: int) -> list[tuple[float, float, float, float]]:
+    """``pairs`` times: the bare forward, then ``fn``, back to back (after one warm-up of each).
+
+    Returns per pair: wall seconds of each, and CPU seconds of each (all threads of the process:
+    this counts the writer's work too, and not the time other tenants of a shared VM take).
+    """
+    bare_fn()
+    fn()
+    out = []
+    for _ in range(pairs):
+        t0, c0 = time.perf_counter(), time.process_time()
+        bare_fn()
+        t1, c1 = time.perf_counter(), time.process_time()
+        fn()
+        out.append((t1 - t0, time.perf_counter() - t1, c1 - c0, time.process_time() - c1))
+    return out
+
+
+def compare_runs(fp32_path: str, other_path: str) -> dict[str, dict[str, float]]:
+    """Per layer: mean and min cosine between the two runs' vectors, max abs difference, max abs of fp32."""
+    from probing import open_run
+
+    ref, other = open_run(fp32_path), open_run(other_path)
+    out = {}
+    for key in ref.layers:
+        x, y = ref.activations(key).astype(np.float64), other.activations(key).astype(np.float64)
+        cos = (x * y).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1))
+        out[key] = {"mean_cosine": float(cos.mean()), "min_cosine": float(cos.min()),
+                    "max_abs_diff": float(np.abs(x - y).max()), "max_abs_fp32": float(np.abs(x).max())}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=2048)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--bf16-repeats", type=int, default=1)
+    ap.add_argument("--pairs", type=int, default=5, help="interleaved (bare, probing) pairs of the target row")
+    ap.add_argument("--target-only", action="store_true", help="only the sorted bare forward and the paired row")
     ap.add_argument("--out", default="bench/results/throughput.json")
     ap.add_argument("--skip-cli", action="store_true")
     a = ap.parse_args()
@@ -100,8 +220,8 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     tmp = tempfile.mkdtemp(dir=".")
 
-    def row(name: str, fn: Callable[[], Any], group: str) -> None:
-        med, spread = timed(fn, a.repeats)
+    def row(name: str, fn: Callable[[], Any], group: str, repeats: int | None = None) -> None:
+        med, spread = timed(fn, a.repeats if repeats is None else repeats)
         rows.append({"run": name, "group": group, "seconds": med, "spread_s": spread,
                      "tokens_per_s": real_tokens / med, "examples_per_s": len(texts) / med,
                      "peak_rss_mib": peak_rss_mib()})
@@ -123,26 +243,51 @@ def main() -> None:
         np.save(Path(tmp) / "naive.npy", np.stack(arrays))
 
     run_no = [0]
+    last_path: dict[str, str] = {}
+    phases = Phases()
 
     def probing_run(layers: Any, bucketing: bool = True, precision: str = "32-true", early_stop: bool = True) -> None:
         run_no[0] += 1
         extractor = ActivationExtractor(backend, layers=layers, strategy=MeanStrategy(), early_stop=early_stop)
-        DatasetRunner(texts, 32, extractor, ZarrStorage(f"{tmp}/runs"), run_id=f"r{run_no[0]}", max_length=128,
-                      bucketing=bucketing, progress=False, trainer={"precision": precision}).run()
+        phases.start()
+        result = DatasetRunner(texts, 32, extractor, ZarrStorage(f"{tmp}/runs"), run_id=f"r{run_no[0]}",
+                               max_length=128, bucketing=bucketing, progress=False,
+                               trainer={"precision": precision}).run()
+        phases.stop()
+        last_path[precision] = result.path
 
     print("timing...", file=sys.stderr)
-    row("bare forward, dataset order", lambda: bare(plain), "dataset")
+    row("bare forward, dataset order", lambda: bare(plain), "dataset", 1 if a.target_only else None)
     row("bare forward, length-sorted", lambda: bare(by_length), "sorted")
-    row("bare forward, length-sorted, bf16 autocast", lambda: bare(by_length, True), "sorted")
-    row("bare forward, dataset order, bf16 autocast", lambda: bare(plain, True), "dataset")
-    row("naive loop: output_hidden_states + masked mean, all layers -> numpy", naive, "dataset")
-    row("probing DatasetRunner, all layers, mean, zarr (bucketing)", lambda: probing_run("all"), "sorted")
-    row("probing DatasetRunner, all layers, bf16-mixed", lambda: probing_run("all", precision="bf16-mixed"), "sorted")
-    row("probing DatasetRunner, all layers, dataset order", lambda: probing_run("all", bucketing=False), "dataset")
-    row("probing DatasetRunner, block 1 only, dataset order (early stop)",
-        lambda: probing_run([1], bucketing=False), "dataset")
-    row("probing DatasetRunner, block 1 only, dataset order, no early stop",
-        lambda: probing_run([1], bucketing=False, early_stop=False), "dataset")
+    if not a.target_only:
+        row("bare forward, length-sorted, bf16 autocast", lambda: bare(by_length, True), "sorted", a.bf16_repeats)
+        row("bare forward, dataset order, bf16 autocast", lambda: bare(plain, True), "dataset", a.bf16_repeats)
+    row("naive loop: output_hidden_states + masked mean, all layers -> numpy", naive, "dataset",
+        1 if a.target_only else None)
+    # the target row: interleaved with the sorted bare forward, pair by pair, so that the ratio is not
+    # skewed by the machine's speed drifting between rows (other tenants of a shared VM)
+    with phases.recording():
+        pairs = paired(lambda: bare(by_length), lambda: probing_run("all"), a.pairs)
+    ratios = [p[0] / p[1] for p in pairs]
+    cpu_ratios = [p[2] / p[3] for p in pairs]
+    mid = sorted(range(len(pairs)), key=lambda i: ratios[i])[len(pairs) // 2]
+    times = [p[1] for p in pairs]
+    med = statistics.median(times)
+    rows.append({"run": "probing DatasetRunner, all layers, mean, zarr (bucketing)", "group": "sorted",
+                 "seconds": med, "spread_s": max(times) - min(times),
+                 "tokens_per_s": real_tokens / med, "examples_per_s": len(texts) / med, "peak_rss_mib": peak_rss_mib(),
+                 "paired_x_bare_median": ratios[mid], "paired_x_bare_all": ratios,
+                 "paired_cpu_x_bare_median": statistics.median(cpu_ratios), "paired_cpu_x_bare_all": cpu_ratios})
+    print(f"  probing, all layers, paired with the sorted bare forward: x bare {ratios[mid]:.3f} by wall time "
+          f"(pairs: {', '.join(f'{r:.3f}' for r in ratios)}), {statistics.median(cpu_ratios):.3f} by CPU time "
+          f"(pairs: {', '.join(f'{r:.3f}' for r in cpu_ratios)})", file=sys.stderr)
+    breakdown = phases.summary(phases.passes[1 + mid], pairs[mid][0])
+    bf16_cost: dict[str, dict[str, float]] = {}
+    if a.target_only:
+        a.skip_cli = True
+    else:
+        other_rows(row, probing_run, a.bf16_repeats)
+        bf16_cost = compare_runs(last_path["32-true"], last_path["bf16-mixed"])
     try:
         import nnsight  # noqa: F401
 
@@ -170,7 +315,6 @@ def main() -> None:
                          "examples_per_s": len(texts) / total["seconds"], "spread_s": 0.0, "peak_rss_mib": None})
         else:
             cli = {"error": proc.stderr[-2000:]}
-    shutil.rmtree(tmp, ignore_errors=True)
     naive_tps = next(r["tokens_per_s"] for r in rows if r["run"].startswith("naive"))
     bare_tps = {"dataset": rows[0]["tokens_per_s"], "sorted": rows[1]["tokens_per_s"]}
     print(f"\n{len(texts)} sentences, {real_tokens:,} real tokens, batch 32, max length 128, "
@@ -183,16 +327,29 @@ def main() -> None:
             print(f"{r['run']:<70}  {r.get('note', '')}")
             continue
         r["x_naive"] = r["tokens_per_s"] / naive_tps
-        r["x_bare_same_batching"] = r["tokens_per_s"] / bare_tps[r["group"]]
+        r["x_bare_same_batching"] = r.get("paired_x_bare_median", r["tokens_per_s"] / bare_tps[r["group"]])
         rss = f"{r['peak_rss_mib']:.0f}" if r.get("peak_rss_mib") else "-"
+        spread = 100 * r["spread_s"] / r["seconds"]
         print(f"{r['run']:<70}{r['tokens_per_s']:>10,.0f}{r['examples_per_s']:>8.1f}"
-              f"{100 * r['spread_s'] / r['seconds']:>7.1f}%{r['x_naive']:>8.2f}{r['x_bare_same_batching']:>8.2f}{rss:>9}")
-    print("x bare*: against the bare forward with the same batching (dataset order or length-sorted).")
+              f"{spread:>7.1f}%{r['x_naive']:>8.2f}{r['x_bare_same_batching']:>8.2f}{rss:>9}")
+    print("x bare*: against the bare forward with the same batching (dataset order or length-sorted); for the\n"
+          "  main probing row, the median ratio over passes interleaved with the sorted bare forward.")
+    print("\nwhere the time of 'probing DatasetRunner, all layers' goes (the median pair; bare = the sorted bare "
+          "forward timed just before):")
+    for k, v in breakdown.items():
+        print(f"  {k:<58}{v:>8.3f}")
+    print("\nbf16-mixed against fp32, same examples (mean of the stored vectors):")
+    print(f"  {'layer':<14}{'mean cosine':>14}{'min cosine':>14}{'max abs diff':>14}{'max abs fp32':>14}")
+    for k, v in bf16_cost.items():
+        print(f"  {k:<14}{v['mean_cosine']:>14.6f}{v['min_cosine']:>14.6f}{v['max_abs_diff']:>14.4f}"
+              f"{v['max_abs_fp32']:>14.4f}")
+    shutil.rmtree(tmp, ignore_errors=True)
     if cli:
         print(f"CLI: {json.dumps(cli)}")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps({"rows": rows, "cli": cli, "model_load_s": load_s,
-                                       "real_tokens": real_tokens, "n": len(texts)}, indent=2))
+    Path(a.out).write_text(json.dumps({"rows": rows, "cli": cli, "model_load_s": load_s, "breakdown_s": breakdown,
+                                       "bf16_vs_fp32": bf16_cost, "real_tokens": real_tokens, "n": len(texts),
+                                       "load_average": load}, indent=2))
 
 
 if __name__ == "__main__":
