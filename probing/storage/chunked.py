@@ -373,9 +373,20 @@ class ChunkedRunWriter(RunWriter):
                 lens = view.lengths[p][sel]
                 if lens.sum() == 0:
                     continue
-                s0, s1 = int(src_start.min()), int((src_start + lens).max())
-                data = self.io.read(f"parts/{p}/{source}", s0, s1)
-                buf[ragged_index(offsets[ids[sel]] - r0, lens)] = data[ragged_index(src_start - s0, lens)]
+                src = ragged_index(src_start, lens)  # rows in the part ...
+                dst = ragged_index(offsets[ids[sel]] - r0, lens)  # ... and where they go in the block
+                order = np.argsort(src, kind="stable")
+                src, dst = src[order], dst[order]
+                # read the part's rows in spans of at most `span` rows (not the whole span they cover at
+                # once) and scatter each into the block: memory stays near the block's own size
+                span = max(chunk, budget // 8)
+                k = 0
+                while k < len(src):
+                    a = int(src[k])
+                    m = int(np.searchsorted(src, a + span, side="left"))
+                    data = self.io.read(f"parts/{p}/{source}", a, int(src[m - 1]) + 1)
+                    buf[dst[k:m]] = data[src[k:m] - a]
+                    k = m
             if r1 > r0:
                 self.io.append(out_path, buf)
             e0 = e1
