@@ -24,6 +24,36 @@ C_GRID: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0, 10.0)
 PATIENCE = 2
 
 
+class GridWalk:
+    """The C search of several layers at once: which grid step is each layer's best, and when to stop.
+
+    Both probe implementations walk the grid with this, so they stop and choose by the same rule: a
+    higher dev accuracy wins (ties keep the stronger regularization), and a layer's walk ends after
+    `PATIENCE` steps in a row below its best.
+    """
+
+    def __init__(self, n_layers: int) -> None:
+        self.best_acc = np.full(n_layers, -1.0)
+        self.pick = np.zeros(n_layers, dtype=np.int64)  # grid index of each layer's best so far
+        self._worse = np.zeros(n_layers, dtype=np.int64)
+        self.active = np.ones(n_layers, dtype=bool)  # layers still walking
+
+    def step(self, index: int, acc: np.ndarray) -> np.ndarray:
+        """Record the dev accuracies of grid step ``index``; returns the layers it improved."""
+        better = self.active & (acc > self.best_acc)
+        self._worse[better] = 0
+        self._worse[self.active & (acc < self.best_acc)] += 1
+        self.active &= self._worse < PATIENCE
+        self.pick[better] = index
+        self.best_acc = np.where(better, acc, self.best_acc)
+        return better
+
+    @property
+    def done(self) -> bool:
+        """Every layer is past its best: weaker regularization would only cost time."""
+        return not self.active.any()
+
+
 @dataclass(frozen=True)
 class ProbeFit:
     """Test predictions of the probes of several layers on one fold.

@@ -104,15 +104,19 @@ def _check_training_classes(folds: Folds, labels: Labels) -> None:
             )
 
 
+def _check_search_rows(limit: int | None) -> None:
+    if limit is not None and limit < 2:
+        raise ConfigError(f"search_rows must be >= 2 (or null for every row), got {limit}.")
+
+
 def cap_search_rows(folds: Folds, limit: int | None, seed: int) -> Folds:
     """``folds`` with their fit and dev parts (used only to choose C) cut to at most ``limit`` rows each.
 
     The subset is a seeded random one, kept in row order; ``None`` keeps every row.
     """
+    _check_search_rows(limit)
     if limit is None:
         return folds
-    if limit < 2:
-        raise ConfigError(f"search_rows must be >= 2 (or null for every row), got {limit}.")
     rng = np.random.default_rng(seed)
 
     def cut(rows: np.ndarray) -> np.ndarray:
@@ -210,6 +214,7 @@ def probe_run(
         raise ConfigError(f"dev_fraction must be in (0, 1), got {dev_fraction}.")
     if not c_grid or any(c <= 0 for c in c_grid):
         raise ConfigError(f"c_grid must hold positive values, got {list(c_grid)}.")
+    _check_search_rows(search_rows)  # before features are loaded
     layer_keys = resolve_layers(reader, layers)
     from probing.probes.rows import RowView
 

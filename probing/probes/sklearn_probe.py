@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from probing.probes.base import C_GRID, PATIENCE, ProbeFit
+from probing.probes.base import C_GRID, GridWalk, ProbeFit
 from probing.probes.data import Fold, standardize
 
 #: problems smaller than this (rows x features) run with one BLAS thread: for them, thread start-up
@@ -91,7 +91,7 @@ def sklearn_fit_predict(
         fold: rows to fit/dev/train/test on.
         regs: C per layer; when given the dev search is skipped (control tasks reuse the task's C).
         grid: C values searched on dev, from strong to weak regularization; the walk stops after
-            `PATIENCE` values in a row score below the best so far.
+            `PATIENCE` values in a row score below the best so far (`GridWalk`).
     """
     from sklearn.linear_model import LogisticRegression
 
@@ -107,16 +107,13 @@ def sklearn_fit_predict(
         if regs is None:
             z = standardize(x, fold.fit)
             model = LogisticRegression(max_iter=max_iter, tol=tol, warm_start=True)
-            best_c, best_acc, worse = grid[0], -1.0, 0
-            for c in grid:
+            walk = GridWalk(1)
+            for j, c in enumerate(grid):
                 fitted = _fit(model.set_params(C=c), z[fold.fit], y[fold.fit])
-                acc = float(np.mean(fitted.predict(z[fold.dev]) == y[fold.dev]))
-                if acc > best_acc:  # ties keep the stronger regularization
-                    best_c, best_acc, worse = c, acc, 0
-                elif acc < best_acc:
-                    worse += 1
-                    if worse == PATIENCE:
-                        break
+                walk.step(j, np.asarray([np.mean(fitted.predict(z[fold.dev]) == y[fold.dev])]))
+                if walk.done:
+                    break
+            best_c = grid[int(walk.pick[0])]
         else:
             best_c = float(regs[i])
         z = standardize(x, fold.train)

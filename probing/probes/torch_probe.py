@@ -4,7 +4,7 @@ Layers of equal width are stacked into ``X [L, n, d]`` and one weight tensor ``W
 holds a probe per layer (and per value of C, ``G``); one full-batch L-BFGS run minimizes the sum of
 their (independent) objectives. C is chosen as in the sklearn path: the grid is walked from strong to
 weak regularization, each step warm-started from the last, until every layer's walk has stopped
-(`PATIENCE` values in a row below its best dev accuracy); then the chosen probes are refit on all
+(`GridWalk`: `PATIENCE` values in a row below its best dev accuracy); then the chosen probes are refit on all
 training rows, warm-started. The objective is sklearn's, ``mean(CE) + |W|^2 / (2 C n)`` with an
 unpenalized bias, and binary tasks use one logit, so the numbers match the sklearn path. Runs on a
 GPU when there is one.
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from probing.probes.base import C_GRID, PATIENCE, ProbeFit
+from probing.probes.base import C_GRID, GridWalk, ProbeFit
 from probing.probes.data import Fold
 
 #: bound on the stacked features of one batch of layers (bigger runs are done in several batches)
@@ -206,10 +206,7 @@ def _search(
     x_fit, x_dev = _stack(features, layers, fold.fit, (fold.fit, fold.dev), dev)
     y_fit = torch.from_numpy(y[fold.fit]).to(dev)
     n_layers = len(layers)
-    best_acc = np.full(n_layers, -1.0)
-    worse = np.zeros(n_layers, dtype=np.int64)
-    active = np.ones(n_layers, dtype=bool)  # layers still walking the grid
-    pick = [0] * n_layers
+    walk = GridWalk(n_layers)
     w: Any = None
     b: Any = None
     best_w: Any = None
@@ -217,22 +214,15 @@ def _search(
     for j, c in enumerate(grid):
         lam = torch.full((n_layers, 1), 1.0 / (c * len(fold.fit)), device=dev)
         w, b = _train(x_fit, y_fit, n_out, lam, max_iter, None if w is None else (w, b))
-        acc = (_predict(x_dev, w, b)[:, 0].cpu().numpy() == y[fold.dev]).mean(axis=1)
-        better = active & (acc > best_acc)  # ties keep the stronger regularization
-        worse[better] = 0
-        worse[active & (acc < best_acc)] += 1
-        active &= worse < PATIENCE
+        better = walk.step(j, (_predict(x_dev, w, b)[:, 0].cpu().numpy() == y[fold.dev]).mean(axis=1))
         if best_w is None:
             best_w, best_b = w.clone(), b.clone()
         else:
             mask = torch.from_numpy(better).to(dev)
             best_w[mask], best_b[mask] = w[mask], b[mask]
-        for i in np.flatnonzero(better):
-            pick[i] = j
-        best_acc = np.where(better, acc, best_acc)
-        if not active.any():
-            break  # every layer is past its best: weaker regularization only costs time
-    return [grid[j] for j in pick], (best_w, best_b)
+        if walk.done:
+            break
+    return [grid[int(j)] for j in walk.pick], (best_w, best_b)
 
 
 def _fit_batch(
