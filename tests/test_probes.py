@@ -209,6 +209,24 @@ def test_c_is_chosen_on_a_capped_seeded_subset_and_the_final_fit_uses_every_trai
     assert best > 0.9  # the planted layer is still found
 
 
+@pytest.mark.parametrize("method", ["sklearn", "torch"])
+def test_a_class_missing_from_the_search_rows_still_gets_a_final_fit_and_control_probes(method: str):
+    """The final fit starts from the chosen dev fit; a class only the training rows hold must not break it."""
+    from probing.probes.data import Fold
+    from probing.probes.run import _implementation
+
+    rng = np.random.default_rng(0)
+    y = np.arange(600) % 3
+    y[[5, 305]] = 3  # class 3: one training row (outside fit/dev) and one test row
+    x = rng.standard_normal((600, 6)).astype(np.float32)
+    x[np.arange(600), y] += 4.0
+    fold = Fold(fit=np.arange(10, 200), dev=np.arange(200, 300), train=np.arange(300), test=np.arange(300, 600))
+    control = rng.integers(0, 4, 600)
+    fit = _implementation(method)([x, x * 2], y, 4, fold, control=control)
+    assert fit.control is not None and fit.control.shape == fit.predictions.shape == (2, 300)
+    assert all(np.mean(p == y[fold.test]) > 0.9 for p in fit.predictions)
+
+
 # --- baselines, control task, CI, metrics ------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ same objective and the same grid keeps their numbers comparable.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -22,6 +23,14 @@ C_GRID: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0, 10.0)
 #: values in a row score below its best dev accuracy: weak regularization is the slowest to fit, and
 #: past the peak it only loses (two, not one: dev accuracy on small dev parts is noisy)
 PATIENCE = 2
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 class GridWalk:
@@ -59,16 +68,22 @@ class ProbeFit:
     """Test predictions of the probes of several layers on one fold.
 
     ``predictions[i]`` are the predicted class codes of ``fold.test`` from layer ``i``; ``regs[i]``
-    the ``C`` chosen (or given) for it; ``seconds[i]`` its share of the fitting time.
+    the ``C`` chosen (or given) for it; ``seconds[i]`` its share of the fitting time; ``control[i]``
+    the predictions of layer ``i``'s control-task probe, when a control task was given.
     """
 
     predictions: np.ndarray
     regs: list[float]
     seconds: list[float]
+    control: np.ndarray | None = None
 
 
 class FitPredict(Protocol):
-    """Signature of a probe implementation: fit on ``fold`` (choosing C unless ``regs``), predict its test rows."""
+    """Signature of a probe implementation: fit on ``fold`` (choosing C unless ``regs``), predict its test rows.
+
+    With ``control`` (labels of the control task, one per row), each layer also gets a control probe,
+    fit on the same standardized training rows with the C chosen for the task.
+    """
 
     def __call__(
         self,
@@ -79,4 +94,5 @@ class FitPredict(Protocol):
         *,
         regs: Sequence[float] | None = None,
         grid: Sequence[float] = C_GRID,
+        control: np.ndarray | None = None,
     ) -> ProbeFit: ...

@@ -146,14 +146,12 @@ def _fit_folds(
     preds, cpreds, regs = [], [], []
     seconds = np.zeros(len(features))
     for fold in folds.folds:
-        task = fit(features, labels.y, labels.n_classes, fold, grid=grid)
+        task = fit(features, labels.y, labels.n_classes, fold, grid=grid, control=control)
         preds.append(task.predictions)
         regs.append(task.regs)
         seconds += task.seconds
-        if control is not None:
-            ctrl = fit(features, control, labels.n_classes, fold, regs=task.regs, grid=grid)
-            cpreds.append(ctrl.predictions)
-            seconds += ctrl.seconds
+        if task.control is not None:
+            cpreds.append(task.control)
     median_c = np.median(np.asarray(regs), axis=0).tolist()
     return (
         np.concatenate(preds, axis=1),

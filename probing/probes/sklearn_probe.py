@@ -9,7 +9,6 @@ core, each with one BLAS thread (the solver's matrix products release the GIL).
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -18,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from probing.probes.base import C_GRID, GridWalk, ProbeFit
+from probing.probes.base import C_GRID, GridWalk, ProbeFit, cpu_cores
 from probing.probes.data import Fold, standardize
 
 #: problems smaller than this (rows x features) run with one BLAS thread: for them, thread start-up
@@ -29,14 +28,6 @@ SINGLE_THREAD_BELOW = 20_000_000
 #: UPOS probes (25k rows x 384), 1e-3 takes 25 iterations instead of 58-89 and changes test accuracy
 #: by -0.03 (C=0.01, the chosen value) to +0.3 (C=1) points.
 TOL = 1e-3
-
-
-def cpu_cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 @contextlib.contextmanager
@@ -71,6 +62,23 @@ def _fit(model: Any, x: np.ndarray, y: np.ndarray) -> Any:
     return model.fit(x, y)
 
 
+def _coefficients(fitted: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Classes, coefficients and intercepts of a fitted model (None for a `_Constant`)."""
+    if not hasattr(fitted, "coef_"):
+        return None
+    return fitted.classes_.copy(), fitted.coef_.copy(), fitted.intercept_.copy()
+
+
+def _start_from(model: Any, start: tuple[np.ndarray, np.ndarray, np.ndarray] | None, y: np.ndarray) -> None:
+    """Make ``model`` (``warm_start=True``) start its fit on labels ``y`` from ``start`` (`_coefficients`).
+
+    Only when ``y`` has the same classes: the dev search fits a subset of the training rows, which
+    may miss a rare class, and sklearn refuses a start of another shape.
+    """
+    if start is not None and np.array_equal(start[0], np.unique(y)):
+        model.coef_, model.intercept_ = start[1], start[2]
+
+
 def sklearn_fit_predict(
     features: Sequence[np.ndarray],
     y: np.ndarray,
@@ -79,6 +87,7 @@ def sklearn_fit_predict(
     *,
     regs: Sequence[float] | None = None,
     grid: Sequence[float] = C_GRID,
+    control: np.ndarray | None = None,
     max_iter: int = 500,
     tol: float = TOL,
 ) -> ProbeFit:
@@ -92,33 +101,43 @@ def sklearn_fit_predict(
         regs: C per layer; when given the dev search is skipped (control tasks reuse the task's C).
         grid: C values searched on dev, from strong to weak regularization; the walk stops after
             `PATIENCE` values in a row score below the best so far (`GridWalk`).
+        control: control-task labels of all rows; each layer's control probe is fit on the same
+            standardized training rows with the task's C.
+        max_iter, tol: of `LogisticRegression` (lbfgs).
     """
     from sklearn.linear_model import LogisticRegression
 
     del n_classes
     grid = sorted(grid)
     preds = np.empty((len(features), len(fold.test)), dtype=np.int64)
+    ctrl_preds = None if control is None else np.empty_like(preds)
     chosen = [0.0] * len(features)
     seconds = [0.0] * len(features)
 
     def fit_layer(i: int) -> None:
         start = time.perf_counter()
         x = features[i]
+        final = LogisticRegression(max_iter=max_iter, tol=tol, warm_start=True)
+        chosen_fit: Any = None
         if regs is None:
             z = standardize(x, fold.fit)
             model = LogisticRegression(max_iter=max_iter, tol=tol, warm_start=True)
             walk = GridWalk(1)
             for j, c in enumerate(grid):
                 fitted = _fit(model.set_params(C=c), z[fold.fit], y[fold.fit])
-                walk.step(j, np.asarray([np.mean(fitted.predict(z[fold.dev]) == y[fold.dev])]))
+                if walk.step(j, np.asarray([np.mean(fitted.predict(z[fold.dev]) == y[fold.dev])]))[0]:
+                    chosen_fit = _coefficients(fitted)
                 if walk.done:
                     break
             best_c = grid[int(walk.pick[0])]
         else:
             best_c = float(regs[i])
         z = standardize(x, fold.train)
-        final = _fit(LogisticRegression(C=best_c, max_iter=max_iter, tol=tol), z[fold.train], y[fold.train])
-        preds[i] = final.predict(z[fold.test])
+        _start_from(final, chosen_fit, y[fold.train])  # the final fit starts from the chosen dev fit
+        preds[i] = _fit(final.set_params(C=best_c), z[fold.train], y[fold.train]).predict(z[fold.test])
+        if control is not None and ctrl_preds is not None:
+            model = LogisticRegression(C=best_c, max_iter=max_iter, tol=tol)
+            ctrl_preds[i] = _fit(model, z[fold.train], control[fold.train]).predict(z[fold.test])
         chosen[i] = best_c
         seconds[i] = time.perf_counter() - start
 
@@ -131,4 +150,4 @@ def sklearn_fit_predict(
         else:
             for i in range(len(features)):
                 fit_layer(i)
-    return ProbeFit(predictions=preds, regs=chosen, seconds=seconds)
+    return ProbeFit(predictions=preds, regs=chosen, seconds=seconds, control=ctrl_preds)

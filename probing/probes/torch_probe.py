@@ -1,13 +1,14 @@
 """Linear probes in torch: the probes of all layers trained as one batched problem.
 
-Layers of equal width are stacked into ``X [L, n, d]`` and one weight tensor ``W [L, G, K, d]``
-holds a probe per layer (and per value of C, ``G``); one full-batch L-BFGS run minimizes the sum of
-their (independent) objectives. C is chosen as in the sklearn path: the grid is walked from strong to
-weak regularization, each step warm-started from the last, until every layer's walk has stopped
-(`GridWalk`: `PATIENCE` values in a row below its best dev accuracy); then the chosen probes are refit on all
-training rows, warm-started. The objective is sklearn's, ``mean(CE) + |W|^2 / (2 C n)`` with an
-unpenalized bias, and binary tasks use one logit, so the numbers match the sklearn path. Runs on a
-GPU when there is one.
+Layers of equal width are stacked into ``X [L, n, d]``; each evaluation computes the loss and
+gradient of every layer's probe in two batched products, and `probing.probes.lbfgs.minimize` runs
+full-batch L-BFGS with a history, step length and stopping test per layer, so no layer waits for
+the slowest (layers drop out of the batch as they converge). C is chosen as in the sklearn path: the
+grid is walked from strong to weak regularization, each step warm-started from the last, until every
+layer's walk has stopped (`GridWalk`: `PATIENCE` values in a row below its best dev accuracy); then
+the chosen probes are refit on all training rows, warm-started. The objective is sklearn's,
+``mean(CE) + |W|^2 / (2 C n)`` with an unpenalized bias, and binary tasks use one logit, so the
+numbers match the sklearn path. Runs on a GPU when there is one.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
-from probing.probes.base import C_GRID, GridWalk, ProbeFit
+from probing.probes.base import C_GRID, GridWalk, ProbeFit, cpu_cores
 from probing.probes.data import Fold
 
 #: bound on the stacked features of one batch of layers (bigger runs are done in several batches)
@@ -28,6 +30,10 @@ MAX_BATCH_BYTES = 2**30
 #: problems is a long chain of tiny ops, and idle threads spinning between them cost more than they
 #: save (measured: 0.5 s on one thread vs 13 s on two, 7 layers x 600 rows, on a busy 2-core machine)
 SINGLE_THREAD_BELOW = 50_000_000
+#: rows per chunk of a CPU evaluation: both products of a chunk of ``[L, rows, d]`` features then read
+#: them from cache (measured on 7 x 25k x 384 features, 17 classes: 91 ms per evaluation at 512 rows,
+#: 115 ms unchunked); GPUs take all rows at once
+CHUNK_ROWS = 512
 #: L-BFGS stops when every gradient entry of the (mean) loss is below this: the sklearn path's tolerance
 #: (`probing.probes.sklearn_probe.TOL`), so both stop at about the same point
 TOLERANCE_GRAD = 1e-3
@@ -64,97 +70,115 @@ def _batches(features: Sequence[np.ndarray], rows: int, max_bytes: int) -> list[
 def _stack(
     features: Sequence[np.ndarray], layers: list[int], ref: np.ndarray, parts: Sequence[np.ndarray], device: Any
 ) -> list[Any]:
-    """Per part, a ``[len(layers), rows, d]`` tensor standardized with the mean and std of ``ref`` rows."""
+    """Per part, a ``[len(layers), rows, d]`` tensor standardized with the mean and std of ``ref`` rows.
+
+    Layers are done in parallel threads (numpy lets go of the GIL), in float32 and in place.
+    """
     import torch
 
-    stats = []
-    for i in layers:
-        r = features[i][ref]
+    dim = int(features[layers[0]].shape[1])
+    blocks = [np.empty((len(layers), len(rows), dim), dtype=np.float32) for rows in parts]
+
+    def fill(j: int) -> None:
+        x = features[layers[j]]
+        r = x[ref]
         mean = r.mean(axis=0, dtype=np.float64)
         std = r.std(axis=0, dtype=np.float64)
         std[std < 1e-8] = 1.0
-        stats.append((mean.astype(np.float32), std.astype(np.float32)))
-    out: list[Any] = []
-    for rows in parts:
-        dim = int(features[layers[0]].shape[1])
-        block = np.empty((len(layers), len(rows), dim), dtype=np.float32)
-        for j, (i, (m, s)) in enumerate(zip(layers, stats, strict=True)):
-            np.subtract(features[i][rows], m, out=block[j])  # in float32, in place: no float64 copies
+        m, s = mean.astype(np.float32), std.astype(np.float32)
+        for block, rows in zip(blocks, parts, strict=True):
+            np.take(x, rows, axis=0, out=block[j])
+            block[j] -= m
             block[j] /= s
-        out.append(torch.from_numpy(block).to(device))
-    return out
+
+    with ThreadPoolExecutor(max_workers=min(len(layers), cpu_cores()), thread_name_prefix="probing-stack") as pool:
+        list(pool.map(fill, range(len(layers))))  # list(): re-raise a worker's error here
+    return [torch.from_numpy(block).to(device) for block in blocks]
 
 
-def _logits(x_t: Any, w: Any, b: Any) -> Any:
-    """``[L, G, K, n]`` logits of transposed features ``[L, d, n]``, weights ``[L, G, K, d]``, bias ``[L, G, K]``.
+class _Loss:
+    """Objective of `probing.probes.lbfgs.minimize`: the probes of several layers on one set of rows.
 
-    Weights-first with the features transposed (rows last) is the fastest layout for the narrow
-    products of probes on CPU (about 2x over ``X @ W``).
+    Problem ``i`` is layer ``i`` of ``x [L, n, d]``: ``mean(CE) + lambdas[i]/2 |W|^2`` of weights
+    ``W [K, d]`` and an unpenalized bias ``[K]``, flattened into one row of ``theta``. The gradient
+    is written out (softmax minus one-hot, times the features) rather than taken by autograd. Rows
+    are taken in chunks of ``chunk_rows``: both products of a chunk then read it from cache, and
+    the layers still running are gathered chunk by chunk, never as a copy of all their features.
     """
-    n_layers, g, k, d = w.shape
-    return (w.reshape(n_layers, g * k, d) @ x_t).reshape(n_layers, g, k, -1) + b[..., None]
+
+    def __init__(self, x: Any, y: Any, n_out: int, lambdas: Any, chunk_rows: int) -> None:
+        import torch
+
+        self.x, self.n_out, self.lambdas, self.chunk_rows = x, n_out, lambdas, chunk_rows
+        if n_out == 1:
+            self.target = y.to(x.dtype)[:, None]  # [n, 1]
+        else:
+            self.target = torch.nn.functional.one_hot(y, n_out).to(x.dtype)  # [n, K]
+
+    def __call__(self, theta: Any, problems: Any) -> tuple[Any, Any]:
+        import torch
+
+        n_layers, n, d = self.x.shape
+        w, b = _unflatten(theta, self.n_out, d)
+        w_t = w.transpose(1, 2).contiguous()  # [B, d, K]
+        everyone = len(problems) == n_layers
+        grad_w = torch.zeros_like(w)
+        grad_b = torch.zeros_like(b)
+        ce_sum = torch.zeros(len(problems), dtype=self.x.dtype, device=self.x.device)
+        for start in range(0, n, self.chunk_rows):
+            rows = slice(start, start + self.chunk_rows)
+            x = self.x[:, rows] if everyone else self.x[problems, rows]
+            target = self.target[rows]
+            z = torch.baddbmm(b[:, None, :], x, w_t)  # [B, rows, K]
+            if self.n_out == 1:
+                ce_sum += (torch.nn.functional.softplus(z) - target * z).sum(dim=(1, 2))
+                resid = torch.sigmoid(z).sub_(target)
+            else:
+                logp = torch.log_softmax(z, dim=2)
+                ce_sum -= (logp * target).sum(dim=(1, 2))
+                resid = logp.exp_().sub_(target)
+            grad_w.baddbmm_(resid.transpose(1, 2), x)
+            grad_b += resid.sum(dim=1)
+        lam = self.lambdas[problems][:, None, None]
+        value = ce_sum / n + 0.5 * (lam * w * w).sum(dim=(1, 2))
+        grad_w = grad_w / n + lam * w
+        return value, torch.cat([grad_w.flatten(1), grad_b / n], dim=1)
+
+
+def _unflatten(theta: Any, n_out: int, d: int) -> tuple[Any, Any]:
+    """Weights ``[B, K, d]`` and bias ``[B, K]`` of flat parameters ``[B, K * d + K]``."""
+    return theta[:, : n_out * d].view(-1, n_out, d), theta[:, n_out * d :]
 
 
 def _train(
     x: Any, y: Any, n_out: int, lambdas: Any, max_iter: int, init: tuple[Any, Any] | None = None
 ) -> tuple[Any, Any]:
-    """Minimize ``sum over (layer, grid) of mean CE + lambda/2 |W|^2`` with full-batch L-BFGS.
+    """Minimize, for each layer, ``mean CE + lambda/2 |W|^2`` with batched L-BFGS (`lbfgs.minimize`).
 
-    ``x`` is ``[L, n, d]``, ``lambdas`` ``[L, G]``; returns weights ``[L, G, K, d]`` and bias
-    ``[L, G, K]``. The gradient is written out (softmax minus one-hot, times the features) rather
-    than taken by autograd, which lets both products use their fast layout. ``init`` (weights,
-    bias) warm-starts the solver, e.g. the final fit from the chosen dev fit.
+    ``x`` is ``[L, n, d]``, ``lambdas`` ``[L]``; returns weights ``[L, K, d]`` and bias ``[L, K]``.
+    ``init`` (weights, bias) warm-starts the solver, e.g. the final fit from the chosen dev fit.
     """
     import torch
 
-    n_layers, n, d = x.shape
-    g = lambdas.shape[1]
-    x_t = x.transpose(1, 2).contiguous()
+    from probing.probes.lbfgs import minimize
+
+    n_layers, _, d = x.shape
     if init is None:
-        w = torch.zeros(n_layers, g, n_out, d, device=x.device)
-        b = torch.zeros(n_layers, g, n_out, device=x.device)
+        theta = torch.zeros(n_layers, n_out * d + n_out, device=x.device, dtype=x.dtype)
     else:
-        w, b = init[0].clone(), init[1].clone()
-    w.requires_grad_(True)
-    b.requires_grad_(True)
-    lam = lambdas[:, :, None, None]
-    if n_out == 1:
-        target = y.to(x.dtype)[None, None, None, :]
-    else:
-        target = torch.nn.functional.one_hot(y, n_out).to(x.dtype).T[None, None]  # [1, 1, K, n]
-    opt = torch.optim.LBFGS(
-        [w, b],
-        lr=1.0,
-        max_iter=max_iter,
-        history_size=20,
-        tolerance_grad=TOLERANCE_GRAD,
-        tolerance_change=1e-9,
-        line_search_fn="strong_wolfe",
-    )
-
-    def closure() -> Any:
-        with torch.no_grad():
-            z = _logits(x_t, w, b)
-            if n_out == 1:
-                ce = torch.nn.functional.softplus(z) - target * z
-                resid = torch.sigmoid(z) - target
-            else:
-                logp = torch.log_softmax(z, dim=2)
-                ce = -(logp * target).sum(dim=2)
-                resid = logp.exp() - target
-            resid /= n
-            w.grad = (resid.reshape(n_layers, g * n_out, n) @ x).reshape(w.shape) + lam * w
-            b.grad = resid.sum(dim=-1)
-            return ce.sum() / n + 0.5 * (lam * w * w).sum()
-
-    opt.step(closure)
-    return w.detach(), b.detach()
+        theta = torch.cat([init[0].flatten(1), init[1]], dim=1)
+    chunk_rows = CHUNK_ROWS if x.device.type == "cpu" else x.shape[1]
+    result = minimize(_Loss(x, y, n_out, lambdas, chunk_rows), theta, max_iter=max_iter, tol_grad=TOLERANCE_GRAD)
+    w, b = _unflatten(result.theta, n_out, d)
+    return w.contiguous(), b.contiguous()
 
 
 def _predict(x: Any, w: Any, b: Any) -> Any:
-    """Predicted codes ``[L, G, n]`` of features ``[L, n, d]``."""
-    z = _logits(x.transpose(1, 2), w, b)
-    return (z[:, :, 0] > 0).long() if z.shape[2] == 1 else z.argmax(dim=2)
+    """Predicted codes ``[L, n]`` of features ``[L, n, d]``."""
+    import torch
+
+    z = torch.baddbmm(b[:, None, :], x, w.transpose(1, 2))
+    return (z[..., 0] > 0).long() if z.shape[2] == 1 else z.argmax(dim=2)
 
 
 def torch_fit_predict(
@@ -165,6 +189,7 @@ def torch_fit_predict(
     *,
     regs: Sequence[float] | None = None,
     grid: Sequence[float] = C_GRID,
+    control: np.ndarray | None = None,
     max_iter: int = 100,
     device: str | None = None,
     max_batch_bytes: int = MAX_BATCH_BYTES,
@@ -179,15 +204,51 @@ def torch_fit_predict(
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     grid = sorted(grid)
     n_out = 1 if n_classes == 2 else n_classes
-    preds = np.empty((len(features), len(fold.test)), dtype=np.int64)
-    chosen = [0.0] * len(features)
-    seconds = [0.0] * len(features)
+    out = _Outputs(len(features), len(fold.test), control is not None)
     rows = max(len(fold.fit) + len(fold.dev), len(fold.train) + len(fold.test))
     size = rows * sum(int(x.shape[1]) for x in features)
     with _threads(dev, size):
         for layers in _batches(features, rows, max_batch_bytes):
-            _fit_batch(features, y, n_out, fold, layers, regs, grid, max_iter, dev, preds, chosen, seconds)
-    return ProbeFit(predictions=preds, regs=chosen, seconds=seconds)
+            start = time.perf_counter()
+            if regs is None:
+                best, init = _search(features, y, n_out, fold, layers, grid, max_iter, dev)
+            else:
+                best, init = [float(regs[i]) for i in layers], None
+            x_train, x_test = _stack(features, layers, fold.train, (fold.train, fold.test), dev)
+            lam = torch.tensor([1.0 / (c * len(fold.train)) for c in best], device=dev)
+            task = _fit_predict(x_train, x_test, y[fold.train], n_out, lam, max_iter, init)
+            ctrl = None  # the control task: same features, same C, from zero
+            if control is not None:
+                ctrl = _fit_predict(x_train, x_test, control[fold.train], n_out, lam, max_iter, None)
+            elapsed = (time.perf_counter() - start) / len(layers)
+            for j, i in enumerate(layers):
+                out.predictions[i], out.regs[i], out.seconds[i] = task[j], best[j], elapsed
+                if ctrl is not None and out.control is not None:
+                    out.control[i] = ctrl[j]
+    return out.fit()
+
+
+def _fit_predict(
+    x_train: Any, x_test: Any, y_train: np.ndarray, n_out: int, lam: Any, max_iter: int, init: tuple[Any, Any] | None
+) -> np.ndarray:
+    """Predicted codes ``[L, n_test]`` of probes fit on stacked training features (`_train`)."""
+    import torch
+
+    w, b = _train(x_train, torch.from_numpy(y_train).to(x_train.device), n_out, lam, max_iter, init)
+    return _predict(x_test, w, b).cpu().numpy()
+
+
+class _Outputs:
+    """The per-layer results of `torch_fit_predict`, filled in batch by batch."""
+
+    def __init__(self, n_layers: int, n_test: int, control: bool) -> None:
+        self.predictions = np.empty((n_layers, n_test), dtype=np.int64)
+        self.control = np.empty((n_layers, n_test), dtype=np.int64) if control else None
+        self.regs = [0.0] * n_layers
+        self.seconds = [0.0] * n_layers
+
+    def fit(self) -> ProbeFit:
+        return ProbeFit(self.predictions, self.regs, self.seconds, control=self.control)
 
 
 def _search(
@@ -212,9 +273,9 @@ def _search(
     best_w: Any = None
     best_b: Any = None
     for j, c in enumerate(grid):
-        lam = torch.full((n_layers, 1), 1.0 / (c * len(fold.fit)), device=dev)
+        lam = torch.full((n_layers,), 1.0 / (c * len(fold.fit)), device=dev)
         w, b = _train(x_fit, y_fit, n_out, lam, max_iter, None if w is None else (w, b))
-        better = walk.step(j, (_predict(x_dev, w, b)[:, 0].cpu().numpy() == y[fold.dev]).mean(axis=1))
+        better = walk.step(j, (_predict(x_dev, w, b).cpu().numpy() == y[fold.dev]).mean(axis=1))
         if best_w is None:
             best_w, best_b = w.clone(), b.clone()
         else:
@@ -223,38 +284,3 @@ def _search(
         if walk.done:
             break
     return [grid[int(j)] for j in walk.pick], (best_w, best_b)
-
-
-def _fit_batch(
-    features: Sequence[np.ndarray],
-    y: np.ndarray,
-    n_out: int,
-    fold: Fold,
-    layers: list[int],
-    regs: Sequence[float] | None,
-    grid: list[float],
-    max_iter: int,
-    dev: Any,
-    preds: np.ndarray,
-    chosen: list[float],
-    seconds: list[float],
-) -> None:
-    """Fit one batch of equal-width layers; write their predictions, C and time into the outputs."""
-    import torch
-
-    start = time.perf_counter()
-    if regs is None:
-        best, init = _search(features, y, n_out, fold, layers, grid, max_iter, dev)
-    else:
-        best = [float(regs[i]) for i in layers]
-        init = None
-    x_train, x_test = _stack(features, layers, fold.train, (fold.train, fold.test), dev)
-    y_train = torch.from_numpy(y[fold.train]).to(dev)
-    lam = torch.tensor([[1.0 / (c * len(fold.train))] for c in best], device=dev)
-    w, b = _train(x_train, y_train, n_out, lam, max_iter, init)
-    out = _predict(x_test, w, b)[:, 0].cpu().numpy()
-    elapsed = (time.perf_counter() - start) / len(layers)
-    for j, i in enumerate(layers):
-        preds[i] = out[j]
-        chosen[i] = best[j]
-        seconds[i] = elapsed
