@@ -189,13 +189,31 @@ def load_features(reader: RunReader, layers: Sequence[str]) -> dict[str, np.ndar
     return out
 
 
-def standardize(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``x`` centered and scaled by the mean and std of ``rows`` (constant features are only centered)."""
-    ref = x[rows]
-    mean = ref.mean(axis=0, dtype=np.float64)
-    std = ref.std(axis=0, dtype=np.float64)
+def standardize(
+    x: np.ndarray, ref: np.ndarray, parts: Sequence[np.ndarray], out: Sequence[np.ndarray] | None = None
+) -> list[np.ndarray]:
+    """Rows ``x[part]`` of each part, centered and scaled by the mean and std of the ``ref`` rows.
+
+    Constant features are only centered. The statistics are summed in float64; the result is float32,
+    computed in place (no float64 copy of the features), into ``out`` (one float32 array per part)
+    when given.
+    """
+    r = x[ref]
+    mean = r.mean(axis=0, dtype=np.float64)
+    std = r.std(axis=0, dtype=np.float64)
     std[std < 1e-8] = 1.0
-    return ((x - mean) / std).astype(np.float32)
+    m, s = mean.astype(np.float32), std.astype(np.float32)
+    result = []
+    for k, rows in enumerate(parts):
+        z = np.empty((len(rows), x.shape[1]), dtype=np.float32) if out is None else out[k]
+        if x.dtype == np.float32:
+            np.take(x, rows, axis=0, out=z)
+        else:
+            z[...] = x[rows]
+        z -= m
+        z /= s
+        result.append(z)
+    return result
 
 
 def group_codes(groups: np.ndarray) -> np.ndarray:

@@ -120,24 +120,24 @@ def sklearn_fit_predict(
         final = LogisticRegression(max_iter=max_iter, tol=tol, warm_start=True)
         chosen_fit: Any = None
         if regs is None:
-            z = standardize(x, fold.fit)
+            z_fit, z_dev = standardize(x, fold.fit, (fold.fit, fold.dev))
             model = LogisticRegression(max_iter=max_iter, tol=tol, warm_start=True)
             walk = GridWalk(1)
             for j, c in enumerate(grid):
-                fitted = _fit(model.set_params(C=c), z[fold.fit], y[fold.fit])
-                if walk.step(j, np.asarray([np.mean(fitted.predict(z[fold.dev]) == y[fold.dev])]))[0]:
+                fitted = _fit(model.set_params(C=c), z_fit, y[fold.fit])
+                if walk.step(j, np.asarray([np.mean(fitted.predict(z_dev) == y[fold.dev])]))[0]:
                     chosen_fit = _coefficients(fitted)
                 if walk.done:
                     break
             best_c = grid[int(walk.pick[0])]
         else:
             best_c = float(regs[i])
-        z = standardize(x, fold.train)
+        z_train, z_test = standardize(x, fold.train, (fold.train, fold.test))
         _start_from(final, chosen_fit, y[fold.train])  # the final fit starts from the chosen dev fit
-        preds[i] = _fit(final.set_params(C=best_c), z[fold.train], y[fold.train]).predict(z[fold.test])
+        preds[i] = _fit(final.set_params(C=best_c), z_train, y[fold.train]).predict(z_test)
         if control is not None and ctrl_preds is not None:
             model = LogisticRegression(C=best_c, max_iter=max_iter, tol=tol)
-            ctrl_preds[i] = _fit(model, z[fold.train], control[fold.train]).predict(z[fold.test])
+            ctrl_preds[i] = _fit(model, z_train, control[fold.train]).predict(z_test)
         chosen[i] = best_c
         seconds[i] = time.perf_counter() - start
 

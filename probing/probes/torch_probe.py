@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from probing.probes.base import C_GRID, GridWalk, ProbeFit, cpu_cores
-from probing.probes.data import Fold
+from probing.probes.data import Fold, standardize
 
 #: bound on the stacked features of one batch of layers (bigger runs are done in several batches)
 MAX_BATCH_BYTES = 2**30
@@ -72,7 +72,7 @@ def _stack(
 ) -> list[Any]:
     """Per part, a ``[len(layers), rows, d]`` tensor standardized with the mean and std of ``ref`` rows.
 
-    Layers are done in parallel threads (numpy lets go of the GIL), in float32 and in place.
+    Layers are done in parallel threads (numpy lets go of the GIL).
     """
     import torch
 
@@ -80,16 +80,7 @@ def _stack(
     blocks = [np.empty((len(layers), len(rows), dim), dtype=np.float32) for rows in parts]
 
     def fill(j: int) -> None:
-        x = features[layers[j]]
-        r = x[ref]
-        mean = r.mean(axis=0, dtype=np.float64)
-        std = r.std(axis=0, dtype=np.float64)
-        std[std < 1e-8] = 1.0
-        m, s = mean.astype(np.float32), std.astype(np.float32)
-        for block, rows in zip(blocks, parts, strict=True):
-            np.take(x, rows, axis=0, out=block[j])
-            block[j] -= m
-            block[j] /= s
+        standardize(features[layers[j]], ref, parts, out=[block[j] for block in blocks])
 
     with ThreadPoolExecutor(max_workers=min(len(layers), cpu_cores()), thread_name_prefix="probing-stack") as pool:
         list(pool.map(fill, range(len(layers))))  # list(): re-raise a worker's error here
