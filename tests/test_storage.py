@@ -39,6 +39,42 @@ def test_out_of_order_batches_read_back_in_dataset_order(tmp_path, backend, dtyp
     assert reader.completed
 
 
+def test_merge_blocks_follow_the_bucketing_window_and_read_each_part_row_about_once(tmp_path):
+    """Rows stored sorted within windows (as bucketing does) merge in blocks of two windows, not the whole run."""
+    from probing.storage.chunked import ChunkedRunWriter
+
+    rng = np.random.default_rng(1)
+    n, window = 60, 8
+    data = rng.normal(size=(n, 3)).astype(np.float32)
+    order = np.concatenate([rng.permutation(np.arange(s, min(s + window, n))) for s in range(0, n, window)])
+    writer = ZarrStorage(str(tmp_path), chunk_rows=2).open_run(
+        "r", metadata={"layers": ["a"], "dataset": {"n_examples": n}}
+    )
+    assert isinstance(writer, ChunkedRunWriter)
+    for b, start in enumerate(range(0, n, 4)):
+        ids = order[start : start + 4]
+        writer.append(b, {"a": data[ids]}, {"example_ids": ids, "token_counts": ids + 1})
+    read_rows, appended = [0], []
+    read, append = writer.io.read, writer.io.append
+
+    def counting_read(path, start=0, stop=None):
+        out = read(path, start, stop)
+        if "/layers/" in path:
+            read_rows[0] += len(out)
+        return out
+
+    def counting_append(path, values):
+        if path.startswith("layers/"):
+            appended.append(len(values))
+        return append(path, values)
+
+    writer.io.read, writer.io.append = counting_read, counting_append  # type: ignore[method-assign]
+    writer.finalize()
+    np.testing.assert_array_equal(open_run(tmp_path, "r").activations("a"), data)
+    assert 1 < max(appended) <= 2 * 2 * window  # blocks of about two windows (displacement < window + 1 row)
+    assert read_rows[0] <= 2 * n  # no block re-reads a whole window it only needs a slice of
+
+
 @pytest.mark.parametrize("backend", sorted(BACKENDS))
 def test_missing_examples_leave_the_run_incomplete(tmp_path, backend):
     storage = BACKENDS[backend](str(tmp_path))

@@ -277,6 +277,7 @@ class ChunkedRunWriter(RunWriter):
             lengths[view.ids[p]] = view.lengths[p]
             counts[view.ids[p]] = self.io.read(f"parts/{p}/token_counts", 0, len(view.ids[p]))
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        block_rows = 2 * view.displacement()
         for key in keys:
             dim = next(
                 (
@@ -286,10 +287,10 @@ class ChunkedRunWriter(RunWriter):
                 ),
                 (int(meta.get("hidden_size") or 0),),
             )
-            self._merge(view, f"layers/{key}", f"layers/{key}", offsets, dim, self.dtype, self.compress)
+            self._merge(view, f"layers/{key}", f"layers/{key}", offsets, dim, self.dtype, self.compress, block_rows)
         row_field_names = sorted({f for p in view.parts for f in self.io.arrays(f"parts/{p}/row_fields")})
         for name in row_field_names:
-            self._merge(view, f"rows/{name}", f"row_fields/{name}", offsets, (), np.int64, False)
+            self._merge(view, f"rows/{name}", f"row_fields/{name}", offsets, (), np.int64, False, block_rows)
         self.io.ensure_group("examples")
         self._write("examples/token_counts", counts)
         fields = ["token_counts"]
@@ -351,13 +352,19 @@ class ChunkedRunWriter(RunWriter):
         dim: tuple[int, ...],
         dtype: Any,
         compress: bool,
+        block_rows: int,
     ) -> None:
-        """Copy rows from every part into ``out_path`` in dataset order, in blocks of bounded size."""
+        """Copy rows from every part into ``out_path`` in dataset order, in blocks of bounded size.
+
+        A block holds ``block_rows`` rows (twice the parts' `PartsView.displacement`, so that each
+        part row is read about once), at least a chunk and at most ``merge_block_bytes``: the
+        memory of the merge follows the bucketing window, not the size of the run.
+        """
         n = len(offsets) - 1
         row_bytes = max(1, int(np.prod(dim or (1,))) * np.dtype(dtype).itemsize)
         chunk = self.rows_per_chunk(int(np.prod(dim or (1,))))
         self.io.create(out_path, dim, max(1, min(chunk, int(offsets[-1]) or 1)), dtype, compress)
-        budget = max(chunk, self.merge_block_bytes // row_bytes)
+        budget = max(chunk, min(block_rows, self.merge_block_bytes // row_bytes))
         e0 = 0
         while e0 < n:
             e1 = max(e0 + 1, int(np.searchsorted(offsets, offsets[e0] + budget, side="right")) - 1)
@@ -408,6 +415,22 @@ class PartsView:
             self.ids[p] = ids
             self.lengths[p] = lengths
             self.starts[p] = np.cumsum(lengths) - lengths
+
+    def displacement(self) -> int:
+        """How far (in rows) any example's rows sit from where dataset order puts them, within its part.
+
+        Bucketing sorts examples by length within windows, so this is about one window's rows; a
+        merge block twice this size reads each part row about once.
+        """
+        out = 0
+        for p in self.parts:
+            if len(self.ids[p]) == 0:
+                continue
+            order = np.argsort(self.ids[p], kind="stable")
+            lengths = self.lengths[p][order]
+            sorted_starts = np.cumsum(lengths) - lengths
+            out = max(out, int(np.abs(self.starts[p][order] - sorted_starts).max() + lengths.max()))
+        return out
 
     def all_ids(self) -> np.ndarray:
         found = [self.ids[p] for p in self.parts]

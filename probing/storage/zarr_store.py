@@ -172,7 +172,8 @@ class ZarrStorage(Storage):
             bench/storage_io.py), ``zstd`` or ``blosc`` (zstd with byte shuffle).
         compression_level: the codec's level (default 3).
         shard_chunks: if set, store that many chunks per shard file (fewer files for small chunks).
-        merge_block_bytes: memory used per block when finalize puts rows in dataset order.
+        merge_block_bytes: the most memory per block when finalize puts rows in dataset order
+            (blocks are sized to the bucketing window, and capped at this).
     """
 
     def __init__(
