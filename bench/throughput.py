@@ -282,6 +282,9 @@ def main() -> None:
           f"(pairs: {', '.join(f'{r:.3f}' for r in ratios)}), {statistics.median(cpu_ratios):.3f} by CPU time "
           f"(pairs: {', '.join(f'{r:.3f}' for r in cpu_ratios)})", file=sys.stderr)
     breakdown = phases.summary(phases.passes[1 + mid], pairs[mid][0])
+    # each phase's median over all timed pairs: steadier than the phases of one pair on a noisy VM
+    per_pair = [phases.summary(p, bare_s) for p, (bare_s, *_) in zip(phases.passes[1:], pairs, strict=True)]
+    breakdown_median = {k: statistics.median(s[k] for s in per_pair) for k in per_pair[0]}
     bf16_cost: dict[str, dict[str, float]] = {}
     if a.target_only:
         a.skip_cli = True
@@ -336,8 +339,9 @@ def main() -> None:
           "  main probing row, the median ratio over passes interleaved with the sorted bare forward.")
     print("\nwhere the time of 'probing DatasetRunner, all layers' goes (the median pair; bare = the sorted bare "
           "forward timed just before):")
+    print(f"  {'':<58}{'median pair':>12}{'per-phase median':>18}")
     for k, v in breakdown.items():
-        print(f"  {k:<58}{v:>8.3f}")
+        print(f"  {k:<58}{v:>12.3f}{breakdown_median[k]:>18.3f}")
     print("\nbf16-mixed against fp32, same examples (mean of the stored vectors):")
     print(f"  {'layer':<14}{'mean cosine':>14}{'min cosine':>14}{'max abs diff':>14}{'max abs fp32':>14}")
     for k, v in bf16_cost.items():
@@ -348,6 +352,7 @@ def main() -> None:
         print(f"CLI: {json.dumps(cli)}")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({"rows": rows, "cli": cli, "model_load_s": load_s, "breakdown_s": breakdown,
+                                       "breakdown_median_over_pairs_s": breakdown_median,
                                        "bf16_vs_fp32": bf16_cost, "real_tokens": real_tokens, "n": len(texts),
                                        "load_average": load}, indent=2))
 

@@ -17,31 +17,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from probing.data.batching import PlannedBatchSampler, plan_batches, shard_ids
+from probing.data.encoded import EncodedDataset, Tokens, encode_dataset, pad_batch
 from probing.data.sources import TextDataset
-from probing.errors import DatasetError
 
 log = logging.getLogger(__name__)
-
-
-def token_lengths(dataset: TextDataset, tokenizer: Any, max_length: int, chunk: int = 2048) -> np.ndarray:
-    """Token count of every example after truncation; raises `DatasetError` on examples with none."""
-    lengths = np.zeros(len(dataset), dtype=np.int32)
-    split = dataset.words_field is not None
-    for start in range(0, len(dataset), chunk):
-        enc = tokenizer(
-            dataset.inputs(start, min(start + chunk, len(dataset))),
-            truncation=True,
-            max_length=max_length,
-            is_split_into_words=split,
-        )["input_ids"]
-        lengths[start : start + len(enc)] = [len(x) for x in enc]
-    empty = np.flatnonzero(lengths == 0)
-    if len(empty):
-        raise DatasetError(
-            f"{len(empty)} example(s) give no tokens at all (first ids: {empty[:5].tolist()}), e.g. empty "
-            "texts with a tokenizer that adds no special tokens. Remove them from the dataset."
-        )
-    return lengths
 
 
 class _IndexedInputs(Dataset[tuple[int, Any]]):
@@ -60,15 +39,22 @@ class Collator:
 
     The batch carries ``example_ids``, ``special_tokens_mask`` (for the ``tokens`` strategy) and, for
     pre-split input, ``word_ids`` (the word index of every token, -1 for special and padding tokens).
+    With ``tokens`` (from the length pass, `encode_dataset`), batches are padded from them and
+    nothing is tokenized again.
     """
 
-    def __init__(self, tokenizer: Any, max_length: int, words: bool = False) -> None:
+    def __init__(self, tokenizer: Any, max_length: int, words: bool = False, tokens: Tokens | None = None) -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.words = words
+        self.tokens = tokens
 
     def __call__(self, items: list[tuple[int, Any]]) -> dict[str, torch.Tensor]:
         ids = [i for i, _ in items]
+        if self.tokens is not None:
+            batch = pad_batch(self.tokens, ids, self.tokenizer)
+            batch["example_ids"] = torch.tensor(ids, dtype=torch.long)
+            return batch
         enc = self.tokenizer(
             [t for _, t in items],
             padding=True,
@@ -110,7 +96,8 @@ class ExtractionDataModule(pl.LightningDataModule):
     """Feeds one rank's batches of a `TextDataset` to the extraction module.
 
     ``done_ids`` (set by the prediction writer before the dataloader is built) are skipped: that is
-    how a resumed run computes only what is missing.
+    how a resumed run computes only what is missing. ``encoded`` is the dataset's one tokenizer pass
+    (`encode_dataset`), made here when not given.
     """
 
     def __init__(
@@ -123,7 +110,7 @@ class ExtractionDataModule(pl.LightningDataModule):
         bucketing: bool = True,
         max_tokens_per_batch: int | None = None,
         num_workers: int = 0,
-        lengths: np.ndarray | None = None,
+        encoded: EncodedDataset | None = None,
     ) -> None:
         super().__init__()
         self.dataset = dataset
@@ -133,7 +120,8 @@ class ExtractionDataModule(pl.LightningDataModule):
         self.bucketing = bucketing
         self.max_tokens_per_batch = max_tokens_per_batch
         self.num_workers = num_workers
-        self.lengths = lengths if lengths is not None else token_lengths(dataset, tokenizer, max_length)
+        self.encoded = encoded if encoded is not None else encode_dataset(dataset, tokenizer, max_length)
+        self.lengths = self.encoded.lengths
         self.done_ids: np.ndarray = np.zeros(0, dtype=np.int64)
         self.on_plan: Callable[[list[np.ndarray]], None] | None = None
 
@@ -159,7 +147,9 @@ class ExtractionDataModule(pl.LightningDataModule):
         return DataLoader(
             _IndexedInputs(self.dataset),
             batch_sampler=PlannedBatchSampler(batches),
-            collate_fn=Collator(self.tokenizer, self.max_length, words=self.dataset.words_field is not None),
+            collate_fn=Collator(
+                self.tokenizer, self.max_length, words=self.dataset.words_field is not None, tokens=self.encoded.tokens
+            ),
             num_workers=self.num_workers,
             persistent_workers=False,
         )

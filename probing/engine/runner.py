@@ -16,7 +16,8 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.fabric.plugins.environments import SLURMEnvironment
 
-from probing.data.datamodule import ExtractionDataModule, effective_max_length, token_lengths
+from probing.data.datamodule import ExtractionDataModule, effective_max_length
+from probing.data.encoded import encode_dataset
 from probing.data.sources import TextDataset
 from probing.engine.module import ExtractionModule
 from probing.engine.preemption import PreemptionHandler
@@ -223,7 +224,7 @@ class DatasetRunner:
     def build(self) -> tuple[pl.Trainer, ExtractionModule, ExtractionDataModule, RunWriterCallback]:
         """Validate and build the Lightning objects (before any compute)."""
         tokenizer = self.extractor.backend.tokenizer
-        lengths = token_lengths(self.dataset, tokenizer, self.max_length)
+        encoded = encode_dataset(self.dataset, tokenizer, self.max_length)
         datamodule = ExtractionDataModule(
             self.dataset,
             tokenizer,
@@ -232,7 +233,7 @@ class DatasetRunner:
             bucketing=self.bucketing,
             max_tokens_per_batch=self.max_tokens_per_batch,
             num_workers=self.num_workers,
-            lengths=lengths,
+            encoded=encoded,
         )
         writer = RunWriterCallback(
             self.storage,
