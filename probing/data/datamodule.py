@@ -24,14 +24,17 @@ log = logging.getLogger(__name__)
 
 
 class _IndexedInputs(Dataset[tuple[int, Any]]):
-    def __init__(self, dataset: TextDataset) -> None:
+    """``(example_id, text or words)``; the input is left out (None) when the collator pads kept tokens."""
+
+    def __init__(self, dataset: TextDataset, with_inputs: bool = True) -> None:
         self.dataset = dataset
+        self.with_inputs = with_inputs
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> tuple[int, Any]:
-        return index, self.dataset.model_input(index)
+        return index, self.dataset.model_input(index) if self.with_inputs else None
 
 
 class Collator:
@@ -145,7 +148,7 @@ class ExtractionDataModule(pl.LightningDataModule):
         if self.on_plan is not None:
             self.on_plan(batches)
         return DataLoader(
-            _IndexedInputs(self.dataset),
+            _IndexedInputs(self.dataset, with_inputs=self.encoded.tokens is None),
             batch_sampler=PlannedBatchSampler(batches),
             collate_fn=Collator(
                 self.tokenizer, self.max_length, words=self.dataset.words_field is not None, tokens=self.encoded.tokens

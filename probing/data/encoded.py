@@ -11,7 +11,7 @@ holds nothing per token for datasets of any size.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +54,7 @@ class EncodedDataset:
     tokens: Tokens | None
 
 
-def _flat(rows: Sequence[Sequence[Any]], dtype: Any, total: int) -> np.ndarray:
+def _flat(rows: Iterable[Iterable[Any]], dtype: Any, total: int) -> np.ndarray:
     return np.fromiter(itertools.chain.from_iterable(rows), dtype=dtype, count=total)
 
 
@@ -98,7 +98,7 @@ def encode_dataset(
             part["type_ids"] = _flat(enc["token_type_ids"], np.int8, total)
         if words:
             rows = ([-1 if w is None else w for w in enc.word_ids(i)] for i in range(stop - start))
-            part["word_ids"] = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int32, count=total)
+            part["word_ids"] = _flat(rows, np.int32, total)
         kept += sum(a.nbytes for a in part.values()) + 8 * (stop - start)
         if kept > keep_bytes:
             keep, parts = False, []  # over budget: lengths only from here on

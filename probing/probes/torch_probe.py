@@ -195,7 +195,10 @@ def torch_fit_predict(
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     grid = sorted(grid)
     n_out = 1 if n_classes == 2 else n_classes
-    out = _Outputs(len(features), len(fold.test), control is not None)
+    preds = np.empty((len(features), len(fold.test)), dtype=np.int64)
+    ctrl_preds = None if control is None else np.empty_like(preds)
+    chosen = [0.0] * len(features)
+    seconds = [0.0] * len(features)
     rows = max(len(fold.fit) + len(fold.dev), len(fold.train) + len(fold.test))
     size = rows * sum(int(x.shape[1]) for x in features)
     with _threads(dev, size):
@@ -207,16 +210,13 @@ def torch_fit_predict(
                 best, init = [float(regs[i]) for i in layers], None
             x_train, x_test = _stack(features, layers, fold.train, (fold.train, fold.test), dev)
             lam = torch.tensor([1.0 / (c * len(fold.train)) for c in best], device=dev)
-            task = _fit_predict(x_train, x_test, y[fold.train], n_out, lam, max_iter, init)
-            ctrl = None  # the control task: same features, same C, from zero
-            if control is not None:
-                ctrl = _fit_predict(x_train, x_test, control[fold.train], n_out, lam, max_iter, None)
+            preds[layers] = _fit_predict(x_train, x_test, y[fold.train], n_out, lam, max_iter, init)
+            if control is not None and ctrl_preds is not None:  # the control task: same features, same C
+                ctrl_preds[layers] = _fit_predict(x_train, x_test, control[fold.train], n_out, lam, max_iter, None)
             elapsed = (time.perf_counter() - start) / len(layers)
             for j, i in enumerate(layers):
-                out.predictions[i], out.regs[i], out.seconds[i] = task[j], best[j], elapsed
-                if ctrl is not None and out.control is not None:
-                    out.control[i] = ctrl[j]
-    return out.fit()
+                chosen[i], seconds[i] = best[j], elapsed
+    return ProbeFit(predictions=preds, regs=chosen, seconds=seconds, control=ctrl_preds)
 
 
 def _fit_predict(
@@ -227,19 +227,6 @@ def _fit_predict(
 
     w, b = _train(x_train, torch.from_numpy(y_train).to(x_train.device), n_out, lam, max_iter, init)
     return _predict(x_test, w, b).cpu().numpy()
-
-
-class _Outputs:
-    """The per-layer results of `torch_fit_predict`, filled in batch by batch."""
-
-    def __init__(self, n_layers: int, n_test: int, control: bool) -> None:
-        self.predictions = np.empty((n_layers, n_test), dtype=np.int64)
-        self.control = np.empty((n_layers, n_test), dtype=np.int64) if control else None
-        self.regs = [0.0] * n_layers
-        self.seconds = [0.0] * n_layers
-
-    def fit(self) -> ProbeFit:
-        return ProbeFit(self.predictions, self.regs, self.seconds, control=self.control)
 
 
 def _search(

@@ -365,6 +365,9 @@ class ChunkedRunWriter(RunWriter):
         chunk = self.rows_per_chunk(int(np.prod(dim or (1,))))
         self.io.create(out_path, dim, max(1, min(chunk, int(offsets[-1]) or 1)), dtype, compress)
         budget = max(chunk, min(block_rows, self.merge_block_bytes // row_bytes))
+        # part rows are read in spans of at most `span` rows (not the whole span a block's rows cover at
+        # once) and scattered into the block: memory stays near the block's own size
+        span = max(chunk, budget // 8)
         e0 = 0
         while e0 < n:
             e1 = max(e0 + 1, int(np.searchsorted(offsets, offsets[e0] + budget, side="right")) - 1)
@@ -384,9 +387,6 @@ class ChunkedRunWriter(RunWriter):
                 dst = ragged_index(offsets[ids[sel]] - r0, lens)  # ... and where they go in the block
                 order = np.argsort(src, kind="stable")
                 src, dst = src[order], dst[order]
-                # read the part's rows in spans of at most `span` rows (not the whole span they cover at
-                # once) and scatter each into the block: memory stays near the block's own size
-                span = max(chunk, budget // 8)
                 k = 0
                 while k < len(src):
                     a = int(src[k])
