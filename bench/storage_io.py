@@ -81,7 +81,14 @@ def measure(storage: Any, data: dict[str, Any]) -> dict[str, float]:
     offsets = np.arange(n + 1) if lengths is None else np.concatenate([[0], np.cumsum(lengths)])
     meta = {"layers": list(layers), "dataset": {"n_examples": n}, "mode": "pooled" if lengths is None else "words"}
     t0 = time.perf_counter()
-    w = storage.open_run("r", metadata=meta)
+    if lengths is None:
+        w = storage.open_run("r", metadata=meta)
+    else:  # token-level rows are placed from their counts, known up front
+        from probing.storage.ranges import Ranges
+
+        shapes = {k: v.shape[1:] for k, v in layers.items()}
+        layout = storage.layout(n, shapes, ragged=True, total_rows=int(offsets[-1]))
+        w = storage.open_run("r", metadata=meta, layout=layout, share=Ranges.span(0, n), row_starts=offsets)
     for b, s in enumerate(range(0, n, 32)):
         e = min(n, s + 32)
         rows = slice(int(offsets[s]), int(offsets[e]))

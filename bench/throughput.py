@@ -85,8 +85,8 @@ def peak_rss_mib() -> float:
 class Phases:
     """Wall time of the phases of `DatasetRunner.run`, recorded by wrapping its steps (bench only).
 
-    Per pass: set-up (validation, the length pass, Lightning objects), tokenization (the collate
-    function, inside the predict loop), the predict loop, and finish (drain the writer, finalize).
+    Per pass: set-up (validation, Lightning objects), tokenization (each window, inside the predict
+    loop), the predict loop, and finish (drain the writer, finalize).
     """
 
     def __init__(self) -> None:
@@ -95,11 +95,11 @@ class Phases:
 
     @contextlib.contextmanager
     def recording(self) -> Iterator[None]:
-        from probing.data.datamodule import Collator
+        import probing.data.batches as batches
         from probing.engine.runner import DatasetRunner
         from probing.engine.writer import RunWriterCallback
 
-        originals = (DatasetRunner.build, Collator.__call__, RunWriterCallback.finish)
+        originals = (DatasetRunner.build, batches.encode, RunWriterCallback.finish)
         me = self
 
         def add(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -113,14 +113,14 @@ class Phases:
             return wrapper
 
         DatasetRunner.build = add("setup", originals[0])  # type: ignore[method-assign]
-        Collator.__call__ = add("tokenization", originals[1])  # type: ignore[method-assign]
+        batches.encode = add("tokenization", originals[1])  # type: ignore[assignment]
         RunWriterCallback.finish = add("finish", originals[2])  # type: ignore[method-assign]
         self._on = True
         try:
             yield
         finally:
             self._on = False
-            DatasetRunner.build, Collator.__call__, RunWriterCallback.finish = originals  # type: ignore[method-assign]
+            DatasetRunner.build, batches.encode, RunWriterCallback.finish = originals  # type: ignore[method-assign]
 
     def start(self) -> None:
         if self._on:
@@ -140,12 +140,12 @@ class Phases:
         loop_no_tok = loop - p.get("tokenization", 0.0)
         return {
             "total": p["total"],
-            "setup (validation, length pass, Lightning objects)": p.get("setup", 0.0),
-            "tokenization (collate, in the loop)": p.get("tokenization", 0.0),
+            "setup (validation, Lightning objects)": p.get("setup", 0.0),
+            "tokenization (per window, in the loop)": p.get("tokenization", 0.0),
             "predict loop without tokenization": loop_no_tok,
             "  of which the bare forward (sorted, same batches)": bare_sorted_s,
             "  of which the rest (hooks, pooling, copies, writes, Lightning)": loop_no_tok - bare_sorted_s,
-            "finish (drain the writer, finalize in dataset order)": finish,
+            "finish (drain the writer, finalize)": finish,
             "rest / bare forward": (loop_no_tok - bare_sorted_s) / bare_sorted_s,
             "loop without tokenization: x bare": bare_sorted_s / loop_no_tok,
         }

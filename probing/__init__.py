@@ -28,11 +28,11 @@ _EXPORTS = {
     "DatasetRunner": "probing.engine.runner",
     "RunResult": "probing.engine.runner",
     "Storage": "probing.storage.base",
-    "RunWriter": "probing.storage.base",
-    "RunReader": "probing.storage.base",
+    "RunWriter": "probing.storage.writer",
+    "RunReader": "probing.storage.reader",
     "open_run": "probing.storage.base",
     "ZarrStorage": "probing.storage.zarr_store",
-    "NPZStorage": "probing.storage.npz_store",
+    "NPZStorage": "probing.storage.npz_export",
     "HDF5Storage": "probing.storage.hdf5_store",
     "TokensStrategy": "probing.strategies",
     "WordsStrategy": "probing.strategies",
@@ -73,9 +73,11 @@ if TYPE_CHECKING:
     from probing.engine.runner import DatasetRunner, RunResult
     from probing.extractor import ActivationBatch, ActivationExtractor
     from probing.probes.run import probe_run
-    from probing.storage.base import RunReader, RunWriter, Storage, open_run
+    from probing.storage.base import Storage, open_run
     from probing.storage.hdf5_store import HDF5Storage
-    from probing.storage.npz_store import NPZStorage
+    from probing.storage.npz_export import NPZStorage
+    from probing.storage.reader import RunReader
+    from probing.storage.writer import RunWriter
     from probing.storage.zarr_store import ZarrStorage
     from probing.strategies import (
         CLSStrategy,

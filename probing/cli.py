@@ -16,23 +16,30 @@ log = logging.getLogger("probing")
 
 
 def build_dataset(data_cfg: Any) -> Any:
-    """The dataset a config names (``data.source``: builtin, files, conllu, hf)."""
+    """The dataset a config names (``data.source``: builtin, files, conllu, hf).
+
+    Files and treebanks come as memory-mapped ``datasets`` tables; with ``data.streaming=true`` as a
+    `TextStream`, read front to back without being prepared first.
+    """
     from probing.data import loaders
     from probing.errors import ConfigError
 
     source = data_cfg.source
+    streaming = bool(data_cfg.get("streaming", False))
     if source == "builtin":
         from probing.data.builtin import generate
 
         data: Any = generate(int(data_cfg.n_examples), int(data_cfg.seed))
+        streaming = False
     elif source == "files":
-        data = loaders.load_files(data_cfg.path, data_cfg.get("format"))
+        data = loaders.load_files(data_cfg.path, data_cfg.get("format"), streaming=streaming)
     elif source == "conllu":
-        data = loaders.load_conllu(data_cfg.path)
+        data = loaders.load_conllu(data_cfg.path, streaming=streaming)
     elif source == "hf":
         if not data_cfg.get("name"):
             raise ConfigError("data=hf needs data.name (a Hugging Face dataset id).")
-        data = loaders.load_hf(data_cfg.name, data_cfg.get("config"), data_cfg.get("split", "train"))
+        data = loaders.load_hf(data_cfg.name, data_cfg.get("config"), data_cfg.get("split", "train"),
+                               streaming=streaming)
     else:
         raise ConfigError(f"Unknown data.source {source!r}; expected one of ['builtin', 'files', 'conllu', 'hf'].")
     split_map = data_cfg.get("split_map")
@@ -42,6 +49,19 @@ def build_dataset(data_cfg: Any) -> Any:
     inputs = [data_cfg.get("words_field") or data_cfg.text_field]
     data = loaders.select_fields(data, list(fields) if fields else None, inputs)
     limit = data_cfg.get("limit")
+    if streaming:
+        from probing.data.sources import TextStream
+
+        if limit is not None:
+            data = data.take(int(limit))
+        paths = data_cfg.get("path")
+        described = [source, data_cfg.get("name"), data_cfg.get("config"), data_cfg.get("split"), limit,
+                     dict(split_map or {}), list(fields or [])]
+        fingerprint = None
+        if paths:
+            fingerprint = loaders.files_fingerprint([paths] if isinstance(paths, str) else list(paths), *described)
+        return TextStream(data, data_cfg.text_field, data_cfg.get("words_field"),
+                          fields=list(fields) if fields else None, fingerprint=fingerprint)
     if limit is not None:
         data = data.select(range(min(int(limit), len(data)))) if hasattr(data, "select") else data[: int(limit)]
     return data
@@ -70,7 +90,7 @@ def run_job(cfg: Any) -> Any:
     from probing.backend import ModelBackend
     from probing.engine.runner import DatasetRunner
     from probing.extractor import ActivationExtractor
-    from probing.storage import get_storage
+    from probing.storage.registry import get_storage
     from probing.strategies import get_strategy
 
     config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]

@@ -170,17 +170,26 @@ class ActivationExtractor:
             return LayerOutputs(acts)
         return LayerOutputs(acts, plan.lengths, plan.row_fields)
 
-    def extract(self, inputs: Sequence[str] | Mapping[str, torch.Tensor]) -> ActivationBatch:
-        """Tokenize (if given strings), run, pool: the seed's ``extract(inputs) -> ActivationBatch``."""
+    def extract(self, inputs: Sequence[str] | Sequence[Sequence[str]] | Mapping[str, torch.Tensor]) -> ActivationBatch:
+        """Tokenize (if given texts, or word lists for pre-split input), run, pool: the seed's
+        ``extract(inputs) -> ActivationBatch``."""
         if isinstance(inputs, Mapping):
             batch = dict(inputs)
         else:
-            texts = [inputs] if isinstance(inputs, str) else list(inputs)
-            batch = dict(
-                self.backend.tokenizer(
-                    texts, padding=True, truncation=True, return_tensors="pt", return_special_tokens_mask=True
-                )
+            items = [inputs] if isinstance(inputs, str) else list(inputs)
+            words = bool(items) and all(isinstance(x, (list, tuple)) for x in items)
+            enc = self.backend.tokenizer(
+                items,
+                padding=True,
+                truncation=True,
+                return_tensors="pt",
+                return_special_tokens_mask=True,
+                is_split_into_words=words,
             )
+            batch = dict(enc)
+            if words:
+                rows = [[-1 if w is None else w for w in enc.word_ids(i)] for i in range(len(items))]
+                batch["word_ids"] = torch.tensor(rows, dtype=torch.long)
         batch = {k: v.to(self.backend.device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
         with torch.inference_mode():
             out = self.run(batch)
@@ -192,6 +201,14 @@ class ActivationExtractor:
             row_counts=None if out.row_counts is None else out.row_counts.cpu().numpy(),
             row_fields=None if out.row_fields is None else {k: v.cpu().numpy() for k, v in out.row_fields.items()},
         )
+
+    def output_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of one stored row of each layer (``(hidden,)`` for a block), from one forward pass
+        on a two-word input: a run's arrays are made before any batch is computed."""
+        words = self.strategy.mode == "words"
+        sample: list[Any] = [["probing", "activations"]] if words else ["probing activations"]
+        out = self.extract(sample)
+        return {k: tuple(int(d) for d in v.shape[1:]) for k, v in out.activations.items()}
 
     def describe(self) -> dict[str, Any]:
         """What goes into run metadata."""

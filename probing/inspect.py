@@ -7,14 +7,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-
-def _size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
 
 def _human(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -25,58 +17,30 @@ def _human(n: float) -> str:
 
 
 def _arrays_of(p: Path) -> tuple[dict[str, Any], list[tuple[str, tuple[int, ...], str, int]]]:
-    """Metadata and (name, shape, dtype, bytes on disk) of every stored array of a run folder."""
-    from probing.storage.hdf5_store import PARTS_FILE, RUN_FILE, is_hdf5_run
-    from probing.storage.npz_store import is_npz_run
-    from probing.storage.zarr_store import is_zarr_run
+    """Metadata and (name, shape, dtype, bytes on disk) of every stored array of a run (any backend)."""
+    from probing.storage.registry import backend_of
 
-    arrays: list[tuple[str, tuple[int, ...], str, int]] = []
-    if is_zarr_run(p):
-        import zarr
+    backend = backend_of(str(p))
+    if backend is None:
+        raise FileNotFoundError(f"No probing run at {p}.")
+    store = backend.open_existing(str(p))
+    try:
+        meta = dict(store.get_attrs("").get("probing", {}))
+        arrays: list[tuple[str, tuple[int, ...], str, int]] = []
 
-        group: Any = zarr.open_group(str(p), mode="r")
+        def walk(group: str) -> None:
+            for name in store.arrays(group):
+                path = f"{group}/{name}" if group else name
+                dtype = str(store.read(path, 0, 0).dtype)
+                arrays.append((path, store.shape(path), "str" if dtype == "object" else dtype,
+                               store.stored_bytes(path) or 0))
+            for sub in store.groups(group):
+                walk(f"{group}/{sub}" if group else sub)
 
-        def walk(g: Any, prefix: str) -> None:
-            for name, arr in g.arrays():
-                arrays.append((prefix + name, tuple(arr.shape), str(arr.dtype), _size(p / prefix / name)))
-            for name, sub in g.groups():
-                walk(sub, f"{prefix}{name}/")
-
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # probes/ (reports beside the run) is no zarr node
-            walk(group, "")
-        return dict(group.attrs["probing"]), arrays
-    if is_hdf5_run(p):
-        import h5py
-
-        meta: dict[str, Any] = {}
-        for fname in (RUN_FILE, PARTS_FILE):
-            if not (p / fname).exists():
-                continue
-            with h5py.File(p / fname, "r") as f:
-                if fname == RUN_FILE:
-                    meta = json.loads(f.attrs["probing"])
-                f.visititems(
-                    lambda name, obj: (
-                        arrays.append((name, obj.shape, str(obj.dtype), obj.id.get_storage_size()))
-                        if isinstance(obj, h5py.Dataset)
-                        else None
-                    )
-                )
+        walk("")
         return meta, arrays
-    if is_npz_run(p):
-        meta = json.loads((p / "metadata.json").read_text())
-        npz = p / "activations.npz"
-        if npz.exists():
-            with np.load(npz) as data:
-                arrays.extend((k, data[k].shape, str(data[k].dtype), data[k].nbytes) for k in data.files)
-        for part in sorted((p / "parts").glob("*")) if (p / "parts").is_dir() else []:
-            files = list(part.glob("b*.npz"))
-            arrays.append((f"parts/{part.name} ({len(files)} batch files)", (), "", sum(_size(f) for f in files)))
-        return meta, arrays
-    raise FileNotFoundError(f"No probing run at {p}.")
+    finally:
+        store.close()
 
 
 def describe_run(path: str | os.PathLike[str]) -> str:

@@ -200,6 +200,11 @@ class TokenLevelStrategy(ExtractionStrategy):
     def plan(self, batch: dict[str, torch.Tensor]) -> RowPlan:
         """Decide the rows of a batch once, before the forward pass."""
 
+    @abstractmethod
+    def count_rows(self, tokens: Any) -> np.ndarray:
+        """Rows per example of tokenized examples (`probing.data.encoded.Tokens`), as `plan` will make
+        them: a token-level run places every example's rows before computing any."""
+
     def rows(self, hidden: torch.Tensor, plan: RowPlan) -> torch.Tensor:
         """The ``[rows, hidden]`` output of one layer for a batch."""
         picked = hidden[plan.batch_index, plan.token_index]
@@ -228,6 +233,11 @@ class TokensStrategy(TokenLevelStrategy):
             keep = keep & ~batch["special_tokens_mask"].bool()
         bi, ti = keep.nonzero(as_tuple=True)
         return RowPlan(bi, ti, keep.sum(dim=1), {"token_id": batch["input_ids"][bi, ti]})
+
+    def count_rows(self, tokens: Any) -> np.ndarray:
+        special = tokens.special.astype(np.int64)
+        keep = np.ones_like(special) if self.keep_special else 1 - special
+        return _segment_sums(keep, tokens.offsets)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "keep_special": self.keep_special}
@@ -267,8 +277,23 @@ class WordsStrategy(TokenLevelStrategy):
         fb, ft = first.nonzero(as_tuple=True)
         return RowPlan(bi, ti, lengths, {"word_index": wid[fb, ft]}, segment=segment, n_rows=int(first.sum()))
 
+    def count_rows(self, tokens: Any) -> np.ndarray:
+        wid = tokens.word_ids
+        if wid is None:
+            raise ConfigError("strategy 'words' needs pre-split input (a words field); the data has no word ids.")
+        prev = np.concatenate([[-1], wid[:-1]]).astype(np.int64)
+        prev[tokens.offsets[:-1][tokens.offsets[:-1] < len(wid)]] = -1  # each example starts afresh
+        first = ((wid >= 0) & (wid != prev)).astype(np.int64)
+        return _segment_sums(first, tokens.offsets)
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "pool": self.word_pool}
+
+
+def _segment_sums(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Sum of ``values[offsets[i]:offsets[i + 1]]`` for each i (0 for an empty segment)."""
+    cumulative = np.concatenate([[0], np.cumsum(values, dtype=np.int64)])
+    return cumulative[offsets[1:]] - cumulative[offsets[:-1]]
 
 
 STRATEGIES: dict[str, type[ExtractionStrategy]] = {

@@ -112,8 +112,69 @@ def test_bad_datasets_are_clear_errors(tmp_path, tiny_models, data, match):
         run(tmp_path, model, data)
 
 
-def test_example_without_tokens_is_refused_before_compute(tmp_path, tiny_models):
-    model = ModelBackend().load_model(tiny_models["gpt2"])  # adds no special tokens: "" has none
-    with pytest.raises(DatasetError, match=r"no tokens.*\[1\]"):
-        run(tmp_path, model, ["the cat", ""])
+@pytest.mark.parametrize("family", ["gpt2", "bert"])
+def test_empty_texts_are_refused_before_compute(tmp_path, tiny_models, family):
+    model = ModelBackend().load_model(tiny_models[family])  # gpt2 adds no special tokens: "" has none at all
+    with pytest.raises(DatasetError, match=r"empty .*text.*\[1, 3\]"):
+        run(tmp_path, model, ["the cat", "", "a dog", " \t "])
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_two_runs_in_one_process_get_two_run_ids(tmp_path, tiny_models, sentences):
+    """The README's quick start, twice in one Python process, into one folder."""
+    model = ModelBackend().load_model(tiny_models["bert"])
+    first = run(tmp_path, model, sentences)
+    second = run(tmp_path, model, sentences)
+    assert first.run_id != second.run_id and first.path != second.path
+    assert open_run(first.path).completed and open_run(second.path).completed
+
+
+def test_a_stream_gives_the_same_run_as_the_dataset(tmp_path, tiny_models, sentences):
+    """A datasets.IterableDataset (read once, length unknown up front) is stored like the Dataset it streams."""
+    import datasets
+
+    model = ModelBackend().load_model(tiny_models["gpt2"])
+    records = [{"text": s, "label": i % 3, "ok": i % 2 == 0} for i, s in enumerate(sentences * 9)]
+    whole = open_run(run(tmp_path / "a", model, datasets.Dataset.from_list(records)).path)
+    streamed = run(tmp_path / "b", model, datasets.Dataset.from_list(records).to_iterable_dataset(num_shards=3))
+    b = open_run(streamed.path)
+    assert b.n_examples == streamed.n_examples == len(records) and b.metadata["dataset"]["streamed"]
+    for layer in whole.layers:
+        np.testing.assert_allclose(b.activations(layer), whole.activations(layer), atol=1e-6)
+    for field in ("text", "label", "ok", "token_counts"):
+        assert list(b.example_metadata(field)) == list(whole.example_metadata(field))
+
+
+def test_token_level_strategies_are_not_streamed(tmp_path, tiny_models, sentences):
+    import datasets
+
+    from probing import TokensStrategy
+    from probing.errors import ConfigError
+
+    model = ModelBackend().load_model(tiny_models["bert"])
+    stream = datasets.Dataset.from_list([{"text": s} for s in sentences]).to_iterable_dataset()
+    with pytest.raises(ConfigError, match="placed from a first pass"):
+        run(tmp_path, model, stream, strategy=TokensStrategy())
+
+
+def test_a_treebank_keeps_its_own_text_and_per_word_tags(tmp_path, tiny_models):
+    from probing import WordsStrategy
+    from probing.data.loaders import load_conllu
+
+    conllu = tmp_path / "t-dev.conllu"
+    conllu.write_text(
+        "# sent_id = a\n# text = The cat sat.\n"
+        "1\tThe\tthe\tDET\tDT\t_\t2\tdet\t_\t_\n2\tcat\tcat\tNOUN\tNN\t_\t3\tnsubj\t_\t_\n"
+        "3\tsat\tsit\tVERB\tVBD\t_\t0\troot\t_\tSpaceAfter=No\n4\t.\t.\tPUNCT\t.\t_\t3\tpunct\t_\t_\n\n"
+        "# sent_id = b\n# text = A dog ran!\n"
+        "1\tA\ta\tDET\tDT\t_\t2\tdet\t_\t_\n2\tdog\tdog\tNOUN\tNN\t_\t3\tnsubj\t_\t_\n"
+        "3\tran\trun\tVERB\tVBD\t_\t0\troot\t_\tSpaceAfter=No\n4\t!\t!\tPUNCT\t.\t_\t3\tpunct\t_\t_\n\n"
+    )
+    model = ModelBackend().load_model(tiny_models["bert"])
+    result = run(tmp_path, model, load_conllu(str(conllu)), strategy=WordsStrategy(), words_field="words")
+    r = open_run(result.path)
+    assert list(r.example_metadata("text")) == ["The cat sat.", "A dog ran!"]  # the treebank's, not joined words
+    assert list(r.example_metadata("sent_id")) == ["a", "b"]
+    assert list(r.row_metadata("upos")) == ["DET", "NOUN", "VERB", "PUNCT"] * 2
+    assert list(r.row_metadata("head")) == [2, 3, 0, 3] * 2 and r.row_metadata("head").dtype == np.int64
+    assert list(r.row_metadata("words"))[:4] == ["The", "cat", "sat", "."]

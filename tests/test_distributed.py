@@ -45,6 +45,32 @@ def test_two_ranks_equal_one(tmp_path, tiny_models, n):
     assert list(got.example_metadata("text")) == [r["text"] for r in generate(n)]
     parts = got.metadata["stats"]["parts"]
     assert sum(p["rows_stored"] for p in parts.values()) == n
+    # each rank tokenized its own contiguous share only: W ranks do the tokenizer work once, not W times
+    tokenized = [parts[f"a000-r{r:05d}"]["tokenized"] for r in range(2)]
+    assert tokenized == [n // 2, n - n // 2]
+
+
+def test_a_stream_on_two_ranks_equals_the_dataset_on_one(tmp_path, tiny_models):
+    import json
+
+    n = 900  # a stream is dealt to the ranks in blocks of one bucketing window (400 examples here)
+    rows = [{"text": r["text"], "tense": r["tense"]} for r in generate(n)]
+    data = tmp_path / "texts.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    common = [f"model.name_or_path={tiny_models['bert']}", "data=files", f"data.path={data}", "data.batch_size=4",
+              "storage.chunk_rows=8", "progress=false", "output_dir=out", "probe_after_extract=false"]
+    one = cli(*common, "run_id=one", cwd=tmp_path)
+    two = cli(*common, "data.streaming=true", "run_id=two", *DDP, cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = open_run(tmp_path / "out" / "one"), open_run(tmp_path / "out" / "two")
+    assert b.metadata["dataset"]["streamed"] and b.n_examples == n
+    for layer in a.layers:
+        np.testing.assert_allclose(b.activations(layer), a.activations(layer), atol=1e-5)
+    assert list(b.example_metadata("text")) == [r["text"] for r in rows]
+    assert list(b.example_metadata("tense")) == [r["tense"] for r in rows]
+    parts = b.metadata["stats"]["parts"]
+    assert sorted(p["tokenized"] for p in parts.values()) == [400, n - 400]  # blocks 0 and 2 on rank 0, 1 on rank 1
 
 
 def test_word_level_run_on_two_ranks_equals_one(tmp_path, tiny_models):

@@ -35,13 +35,13 @@ from probing.probes import (
     probe_main,
     probe_run,
 )
-from probing.storage.base import RunReader
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
-class MemoryReader(RunReader):
-    """A completed run held in memory: ``layers`` name -> [n, dim], ``fields`` name -> per-row values."""
+class MemoryReader:
+    """A completed run held in memory (what probes read of a `RunReader`): ``layers`` name -> [n, dim],
+    ``fields`` name -> per-row values."""
 
     def __init__(self, layers: Mapping[str, np.ndarray], fields: Mapping[str, Sequence[Any]], path: str = "") -> None:
         self.path = path
@@ -57,12 +57,30 @@ class MemoryReader(RunReader):
             "strategy": {"name": "mean"},
         }
 
+    run_id = "memory"
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self._layers)
+
+    @property
+    def n_examples(self) -> int:
+        return len(next(iter(self._layers.values())))
+
+    def layer_key(self, layer: int | str) -> str:
+        if layer not in self._layers:
+            raise ConfigError(f"no layer {layer!r}")
+        return str(layer)
+
     @property
     def example_fields(self) -> list[str]:
         return list(self._fields)
 
     def activations(self, layer: int | str) -> np.ndarray:
         return self._layers[self.layer_key(layer)]
+
+    def read_rows(self, layer: int | str, rows: np.ndarray) -> np.ndarray:
+        return self.activations(layer)[rows]
 
     def example_metadata(self, field: str) -> np.ndarray:
         return self._fields[field]
@@ -125,6 +143,42 @@ def test_planted_signal_is_found_and_noise_stays_at_majority(method):
         assert noise.accuracy < noise.majority + 0.1
         assert sig.n_train == 300 and sig.n_test == 100 and sig.majority == noise.majority
     assert report.result("signal", "label").n_classes == 3 and report.result("signal", "flag").n_classes == 2
+
+
+@pytest.mark.parametrize("method", ["sklearn", "torch"])
+def test_layers_are_read_a_few_at_a_time_with_the_same_results(method, monkeypatch):
+    """A run larger than memory is probed layer group by layer group, never all layers at once."""
+    import probing.probes.run as run_module
+
+    reader = planted(n=300)
+    reader._layers.update({f"copy{i}": reader._layers["signal"] for i in range(3)})
+    reader.metadata["layers"] = list(reader._layers)
+    whole = probe_run(reader, method=method, write=False)
+    loaded: list[list[str]] = []
+    load = run_module.load_features
+
+    def spy(r, layers, rows=None):  # type: ignore[no-untyped-def]
+        loaded.append(list(layers))
+        return load(r, layers, rows)
+
+    monkeypatch.setattr(run_module, "load_features", spy)
+    one_layer = 300 * 16 * 4
+    bounded = probe_run(reader, method=method, write=False, feature_bytes=2 * one_layer)
+    assert max(len(g) for g in loaded) == 2 and sorted(k for g in loaded for k in g) == sorted(reader.layers)
+    for a, b in zip(whole.results, bounded.results, strict=True):
+        assert (a.layer, a.label) == (b.layer, b.label) and a.accuracy == b.accuracy
+
+
+def test_a_run_over_max_rows_is_probed_on_a_stratified_sample(capsys):
+    reader = planted(n=800)
+    report = probe_run(reader, label_fields=["label"], write=False, max_rows=400)
+    assert "800 rows > max_rows=400" in capsys.readouterr().err
+    sig = report.result("signal", "label")
+    assert report.n_rows == report.settings["rows_probed"] and abs(report.n_rows - 400) <= 6
+    assert abs(sig.n_test - 100) <= 6  # the split's 1 in 4 test rows is kept
+    assert sig.accuracy > 0.95
+    with pytest.raises(ConfigError, match="max_rows"):
+        probe_run(reader, write=False, max_rows=1)
 
 
 def test_sklearn_and_torch_agree_on_planted_data():

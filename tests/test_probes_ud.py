@@ -57,9 +57,10 @@ def test_upos_probes_match_plain_transformers_and_sklearn(tmp_path):
     )
     ours = {r.layer: r for r in report.results}
 
-    feats = independent_features(data, backend.model, backend.tokenizer)
-    labels = np.array([t for d in data for t in d["upos"]])
-    is_train = np.array([d["split"] == "train" for d in data for _ in d["words"]])
+    records = data.to_list()  # the loader gives a datasets.Dataset (Arrow); the reference reads plain dicts
+    feats = independent_features(records, backend.model, backend.tokenizer)
+    labels = np.array([t for d in records for t in d["upos"]])
+    is_train = np.array([d["split"] == "train" for d in records for _ in d["words"]])
     assert feats[0].shape[0] == len(labels) == 25147 + 25094
     majority = np.mean(labels[~is_train] == max(set(labels[is_train]), key=list(labels[is_train]).count))
     assert 0.14 < majority < 0.18

@@ -44,8 +44,8 @@ def test_partial_runs_are_refused_unless_asked(tmp_path, make):
     data, w = write(make(str(tmp_path)), "p", 40, finalize=False)
     with pytest.raises(RunIncompleteError, match="allow_partial"):
         open_run(tmp_path / "p")
-    if hasattr(w.io, "close"):
-        w.io.close()
+    if True:
+        w.store.close()
     with pytest.warns(UserWarning, match=r"\d+ of 40 examples are finished"):
         r = open_run(tmp_path / "p", allow_partial=True)
     ids = r.example_ids
@@ -122,24 +122,33 @@ def test_token_level_rows_cut_mid_example_are_resumed_exactly(tmp_path, make):
     counts = rng.integers(0, 6, size=n)  # 0 to 5 rows per example, chunks of 5 rows
     rows = [rng.normal(size=(int(c), dim)).astype(np.float32) for c in counts]
     meta = {"layers": ["x"], "dataset": {"n_examples": n}, "hidden_size": dim, "mode": "tokens"}
-    order = rng.permutation(n)
+    # the first 18 examples in a shuffled order (as a bucketing window would send them), then the rest
+    order = np.concatenate([rng.permutation(18), 18 + rng.permutation(n - 18)])
+    starts = np.concatenate([[0], np.cumsum(counts)])  # token-level rows are placed by a layout given up front
+    from probing.storage.ranges import Ranges
+
+    def open_(resume=False):  # type: ignore[no-untyped-def]
+        storage = make(str(tmp_path))
+        layout = storage.layout(n, {"x": (dim,)}, ragged=True, total_rows=int(starts[-1]))
+        return storage.open_run("t", metadata=meta, layout=layout, share=Ranges.span(0, n), row_starts=starts,
+                                resume=resume)
 
     def append(w, ids, b):  # type: ignore[no-untyped-def]
         acts = np.concatenate([rows[i] for i in ids]) if len(ids) else np.zeros((0, dim), np.float32)
         w.append(b, {"x": acts}, {"example_ids": ids, "token_counts": counts[ids] + 2, "row_counts": counts[ids]})
 
-    w = make(str(tmp_path)).open_run("t", metadata=meta)
+    w = open_()
     for b, s in enumerate(range(0, 17, 3)):  # 18 examples, then "killed": buffered rows are lost
         append(w, order[s : s + 3], b)
-    w.io.close()
+    w.store.close()
     with pytest.warns(UserWarning, match=r"\d+ of 30 examples are finished"):
         part = open_run(tmp_path / "t", allow_partial=True)
     done = part.example_ids
     assert 0 < len(done) < 18 and set(done) <= set(order[:18])
     for j, i in enumerate(done):
         np.testing.assert_array_equal(part.rows_of("x", j), rows[i])
-    part.io.close()
-    w = make(str(tmp_path)).open_run("t", metadata=meta, resume=True)
+    part.close()
+    w = open_(resume=True)
     todo = np.setdiff1d(np.arange(n), w.done_ids())
     assert len(todo) == n - len(done)
     for b, s in enumerate(range(0, len(todo), 4)):

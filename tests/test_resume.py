@@ -65,6 +65,8 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_models, uninterrup
         open_run(tmp_path / "out" / "r")
     if rc == EXIT_PREEMPTED:
         assert "resume=true" in killed.stderr
+    with pytest.warns(UserWarning, match="partial run"):
+        kept = open_run(tmp_path / "out" / "r", allow_partial=True).n_examples  # what the stop left on disk
     again = cli(model, *ARGS, cwd=tmp_path)
     assert again.returncode == 2 and "resume=true" in again.stderr  # no silent restart over it
     resumed = cli(model, *ARGS, "resume=true", cwd=tmp_path)
@@ -76,11 +78,13 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_models, uninterrup
     assert skipped + resumed_part["examples"] == N  # only what was missing was computed, nothing twice
     point, _, rest = fault.partition(":")
     flushes = int(rest.split(":")[0] or 1) if rest else 0
+    # each progress record follows at least one more whole chunk of 6 rows on disk
     expected_min = {"before_first_batch": 0, "finalize": N}.get(point, 6 * flushes)
     assert skipped >= expected_min
+    assert skipped == kept  # the resume keeps exactly what was recorded as stored, and computes the rest
     if rc == -9:
-        assert skipped == expected_min  # SIGKILL keeps exactly the chunks written before it
-    else:  # a clean stop flushes the partial chunk it holds and records why it stopped
+        assert skipped % 6 == 0 or skipped == N  # SIGKILL keeps whole chunks: the rows held in memory are lost
+    else:  # a clean stop writes the partial chunks it holds and records why it stopped
         assert got.metadata["stats"]["parts"]["a000-r00000"]["status"] == "stopped: Preempted"
 
 
@@ -116,7 +120,7 @@ def test_resume_with_other_settings_is_refused(tmp_path, tiny_models):
         return runner
 
     first = start([0], MeanStrategy())
-    writer = first.storage.open_run("r", metadata=first.metadata(first.dataset.fingerprint()))
+    writer = first.storage.open_run("r", metadata=first.metadata())
     writer.close()  # an interrupted run: created, nothing finalized
     for kwargs, what in [
         ({"layers": [1], "strategy": MeanStrategy()}, "layers"),
@@ -138,6 +142,7 @@ def test_token_level_run_killed_and_resumed(tmp_path, tiny_models):
         "data.batch_size=4",
         "storage.chunk_rows=16",
         "data.limit=41",
+        "data.bucketing=false",  # batches in dataset order: chunks of rows complete one after the other
         "progress=false",
         "output_dir=out",
     ]

@@ -1,79 +1,30 @@
-"""`ExtractionDataModule`: tokenize, batch (length-bucketed, sharded per rank) and pad dynamically.
+"""`ExtractionDataModule`: one rank's share of the data, tokenized and batched as it is reached.
 
-Tokenization happens per batch in the collate function (fast tokenizers batch well), so nothing is
-held for the whole dataset but one int per example (its token length, from a first chunked pass that
-also rejects empty examples before any compute starts).
+``setup`` runs on every rank once the processes know their rank: it picks the rank's contiguous share
+of the ids, checks it for empty texts, and, for a token-level run, tokenizes the share to count each
+example's rows (the writer places rows before computing them). Nothing outside the share is read or
+tokenized. ``predict_dataloader`` then gives the `BatchStream` of the examples still to do (the
+writer callback sets ``done`` after opening the run).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from probing.data.batching import PlannedBatchSampler, plan_batches, shard_ids
-from probing.data.encoded import EncodedDataset, Tokens, encode_dataset, pad_batch
-from probing.data.sources import TextDataset
+from probing.data.batches import BatchStream
+from probing.data.batching import shard_range
+from probing.data.encoded import EncodedRange, encode_range
+from probing.data.sources import TextDataset, TextStream
+from probing.errors import DatasetError
+from probing.storage.ranges import Ranges
+from probing.strategies import TokenLevelStrategy
 
 log = logging.getLogger(__name__)
-
-
-class _IndexedInputs(Dataset[tuple[int, Any]]):
-    """``(example_id, text or words)``; the input is left out (None) when the collator pads kept tokens."""
-
-    def __init__(self, dataset: TextDataset, with_inputs: bool = True) -> None:
-        self.dataset = dataset
-        self.with_inputs = with_inputs
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> tuple[int, Any]:
-        return index, self.dataset.model_input(index) if self.with_inputs else None
-
-
-class Collator:
-    """Tokenize a list of ``(example_id, text or words)`` and pad to the longest in the batch.
-
-    The batch carries ``example_ids``, ``special_tokens_mask`` (for the ``tokens`` strategy) and, for
-    pre-split input, ``word_ids`` (the word index of every token, -1 for special and padding tokens).
-    With ``tokens`` (from the length pass, `encode_dataset`), batches are padded from them and
-    nothing is tokenized again.
-    """
-
-    def __init__(self, tokenizer: Any, max_length: int, words: bool = False, tokens: Tokens | None = None) -> None:
-        self.tokenizer = tokenizer
-        self.max_length = max_length
-        self.words = words
-        self.tokens = tokens
-
-    def __call__(self, items: list[tuple[int, Any]]) -> dict[str, torch.Tensor]:
-        ids = [i for i, _ in items]
-        if self.tokens is not None:
-            batch = pad_batch(self.tokens, ids, self.tokenizer)
-            batch["example_ids"] = torch.tensor(ids, dtype=torch.long)
-            return batch
-        enc = self.tokenizer(
-            [t for _, t in items],
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-            return_special_tokens_mask=True,
-            is_split_into_words=self.words,
-        )
-        keep = ("input_ids", "attention_mask", "token_type_ids", "special_tokens_mask")
-        batch = {k: v for k, v in enc.items() if k in keep}
-        if self.words:
-            rows = [[-1 if w is None else w for w in enc.word_ids(i)] for i in range(len(items))]
-            batch["word_ids"] = torch.tensor(rows, dtype=torch.long)
-        batch["example_ids"] = torch.tensor(ids, dtype=torch.long)
-        return batch
 
 
 def effective_max_length(tokenizer: Any, model_config: Any, requested: int | None) -> int:
@@ -96,24 +47,32 @@ def effective_max_length(tokenizer: Any, model_config: Any, requested: int | Non
 
 
 class ExtractionDataModule(pl.LightningDataModule):
-    """Feeds one rank's batches of a `TextDataset` to the extraction module.
+    """Feeds one rank's batches of a `TextDataset` (or `TextStream`) to the extraction module.
 
-    ``done_ids`` (set by the prediction writer before the dataloader is built) are skipped: that is
-    how a resumed run computes only what is missing. ``encoded`` is the dataset's one tokenizer pass
-    (`encode_dataset`), made here when not given.
+    Args:
+        dataset: the data.
+        tokenizer, max_length: how to tokenize.
+        batch_size, bucketing, max_tokens_per_batch: how to batch.
+        window: examples per bucketing window.
+        num_workers: DataLoader worker processes (tokenize in parallel with the forward pass).
+        token_level: the strategy of a token-level run (rows per example are counted in ``setup``).
+        example_fields / row_fields: metadata fields the batches carry (see `BatchStream`).
     """
 
     def __init__(
         self,
-        dataset: TextDataset,
+        dataset: TextDataset | TextStream,
         tokenizer: Any,
         *,
         batch_size: int = 32,
         max_length: int = 512,
         bucketing: bool = True,
         max_tokens_per_batch: int | None = None,
+        window: int = 3200,
         num_workers: int = 0,
-        encoded: EncodedDataset | None = None,
+        token_level: TokenLevelStrategy | None = None,
+        example_fields: tuple[str, ...] = (),
+        row_fields: tuple[str, ...] = (),
     ) -> None:
         super().__init__()
         self.dataset = dataset
@@ -122,37 +81,73 @@ class ExtractionDataModule(pl.LightningDataModule):
         self.max_length = max_length
         self.bucketing = bucketing
         self.max_tokens_per_batch = max_tokens_per_batch
+        self.window = window
         self.num_workers = num_workers
-        self.encoded = encoded if encoded is not None else encode_dataset(dataset, tokenizer, max_length)
-        self.lengths = self.encoded.lengths
-        self.done_ids: np.ndarray = np.zeros(0, dtype=np.int64)
-        self.on_plan: Callable[[list[np.ndarray]], None] | None = None
+        self.token_level = token_level
+        self.example_fields = example_fields
+        self.row_fields = row_fields
+        self.rank, self.world_size = 0, 1
+        self.share: tuple[int, int] | None = None
+        self.encoded: EncodedRange | None = None
+        self.done = Ranges()
+        self.stream: BatchStream | None = None
 
-    def rank_ids(self, rank: int, world_size: int) -> np.ndarray:
-        """The ids this rank still has to extract."""
-        ids = shard_ids(len(self.dataset), rank, world_size)
-        if len(self.done_ids):
-            ids = ids[~np.isin(ids, self.done_ids)]
-        return ids
+    @property
+    def streaming(self) -> bool:
+        return isinstance(self.dataset, TextStream)
 
-    def predict_dataloader(self) -> DataLoader[Any]:
-        rank = self.trainer.global_rank if self.trainer is not None else 0
-        world = self.trainer.world_size if self.trainer is not None else 1
-        batches = plan_batches(
-            self.rank_ids(rank, world),
-            self.lengths,
-            self.batch_size,
+    def setup(self, stage: str) -> None:
+        trainer = self.trainer
+        self.rank = trainer.global_rank if trainer is not None else 0
+        self.world_size = trainer.world_size if trainer is not None else 1
+        if self.streaming:
+            return
+        assert isinstance(self.dataset, TextDataset)
+        self.share = shard_range(len(self.dataset), self.rank, self.world_size)
+        lo, hi = self.share
+        empty = self.dataset.empty_examples(lo, hi)
+        if len(empty):
+            raise DatasetError(
+                f"{len(empty)} example(s) have an empty (or whitespace-only) text, e.g. ids {empty[:5].tolist()}: "
+                "a model sees only its special tokens there. Remove them from the data."
+            )
+        if self.token_level is not None:
+            self.encoded = encode_range(
+                self.dataset.inputs, lo, hi, self.tokenizer, self.max_length, self.token_level.count_rows,
+                words=self.dataset.words_field is not None,
+            )
+
+    @property
+    def row_counts(self) -> np.ndarray | None:
+        """Rows per example of this rank's share (token-level runs)."""
+        return None if self.encoded is None else self.encoded.row_counts
+
+    @property
+    def token_counts(self) -> np.ndarray | None:
+        """Tokens per example of this rank's share (token-level runs)."""
+        return None if self.encoded is None else self.encoded.lengths
+
+    def batch_stream(self, block: int | None = None) -> BatchStream:
+        """This rank's batches of the examples not yet done (``block``: a stream's block size)."""
+        return BatchStream(
+            self.dataset,
+            self.tokenizer,
+            self.max_length,
+            batch_size=self.batch_size,
             bucketing=self.bucketing,
             max_tokens_per_batch=self.max_tokens_per_batch,
+            window=block if self.streaming and block else self.window,
+            share=self.share,
+            done=self.done,
+            example_fields=self.example_fields,
+            row_fields=self.row_fields,
+            tokens=None if self.encoded is None else self.encoded.tokens,
+            row_counts=self.row_counts,
+            rank=self.rank,
+            world_size=self.world_size,
         )
-        if self.on_plan is not None:
-            self.on_plan(batches)
-        return DataLoader(
-            _IndexedInputs(self.dataset, with_inputs=self.encoded.tokens is None),
-            batch_sampler=PlannedBatchSampler(batches),
-            collate_fn=Collator(
-                self.tokenizer, self.max_length, words=self.dataset.words_field is not None, tokens=self.encoded.tokens
-            ),
-            num_workers=self.num_workers,
-            persistent_workers=False,
-        )
+
+    def predict_dataloader(self) -> DataLoader[Any]:
+        if self.stream is None:
+            self.stream = self.batch_stream()
+        return DataLoader(self.stream, batch_size=None, num_workers=self.num_workers, persistent_workers=False)

@@ -1,34 +1,32 @@
-"""One tokenizer pass over the whole dataset: token lengths for bucketing, and the tokens themselves.
+"""Tokenize blocks of examples into flat arrays, and pad batches from them.
 
-The length pass must tokenize every example before any batch is planned (bucketing sorts by token
-length, and examples with no tokens are rejected before compute starts). Its output is kept, packed
-into flat arrays, so that batches are padded from it instead of being tokenized a second time
-(measured: 2.2% of an all-MiniLM-L6-v2 run over 2,048 sentences on 2 CPU cores). Above a memory
-budget only the lengths are kept and batches are tokenized as they are drawn, as before: the design
-holds nothing per token for datasets of any size.
+Every example is tokenized once. A pooled run tokenizes each bucketing window as it is reached (so the
+first batch comes after one window, not after the whole dataset); a token-level run needs each
+example's row count before any row is placed, so it tokenizes its share first (`encode_range`) and
+keeps the tokens for the batches while they fit `KEEP_TOKENS_BYTES` (beyond that it keeps only the
+counts and tokenizes each window again). Tokens are packed into flat arrays (5-10 bytes per token),
+and a batch is padded from them exactly as the tokenizer would pad it.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from probing.data.sources import TextDataset
 from probing.errors import DatasetError
 
-#: most bytes of kept tokens (ids, special-token mask, type ids, word ids: 5-10 bytes per token);
-#: bigger datasets keep only their lengths
+#: most bytes of tokens kept from a token-level share's first pass; bigger shares keep only their counts
 KEEP_TOKENS_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
 class Tokens:
-    """Every example's tokens, packed: example ``i`` is ``[offsets[i], offsets[i + 1])`` of each array.
+    """The tokens of a block of examples, packed: example ``i`` is ``[offsets[i], offsets[i + 1])``.
 
     ``type_ids`` is None when the tokenizer gives no token type ids, ``word_ids`` (-1 for special
     tokens) when the input is not pre-split into words.
@@ -41,103 +39,148 @@ class Tokens:
     word_ids: np.ndarray | None
 
     @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @property
     def nbytes(self) -> int:
         arrays = (self.offsets, self.input_ids, self.special, self.type_ids, self.word_ids)
         return sum(a.nbytes for a in arrays if a is not None)
 
-
-@dataclass(frozen=True)
-class EncodedDataset:
-    """Token count of every example after truncation, and its `Tokens` when they fit the budget."""
-
-    lengths: np.ndarray
-    tokens: Tokens | None
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
 
 
 def _flat(rows: Iterable[Iterable[Any]], dtype: Any, total: int) -> np.ndarray:
     return np.fromiter(itertools.chain.from_iterable(rows), dtype=dtype, count=total)
 
 
-def encode_dataset(
-    dataset: TextDataset,
-    tokenizer: Any,
-    max_length: int,
-    *,
-    chunk: int = 2048,
-    keep_bytes: int = KEEP_TOKENS_BYTES,
-) -> EncodedDataset:
-    """Tokenize ``dataset`` once, in chunks; raises `DatasetError` on examples with no tokens.
+def encode(inputs: Sequence[Any], tokenizer: Any, max_length: int, *, words: bool = False, first_id: int = 0) -> Tokens:
+    """Tokenize one block of inputs (texts, or word lists when ``words``) into `Tokens`.
 
-    Tokens are kept while they fit ``keep_bytes`` (0: never) and while the tokenizer can pad.
+    Raises `DatasetError` naming the example (``first_id`` + position) when the tokenizer fails on
+    one, or when an example gives no token at all.
     """
-    n = len(dataset)
-    words = dataset.words_field is not None
-    lengths = np.zeros(n, dtype=np.int32)
-    keep = keep_bytes > 0 and getattr(tokenizer, "pad_token_id", None) is not None
     with_types = "token_type_ids" in getattr(tokenizer, "model_input_names", ())
-    parts: list[dict[str, np.ndarray]] = []
-    kept = 0
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
+    try:
         enc = tokenizer(
-            dataset.inputs(start, stop),
+            list(inputs),
             truncation=True,
             max_length=max_length,
             is_split_into_words=words,
-            return_special_tokens_mask=keep,
-            return_token_type_ids=keep and with_types,
+            return_special_tokens_mask=True,
+            return_token_type_ids=with_types,
             return_attention_mask=False,
         )
-        ids = enc["input_ids"]
-        lengths[start:stop] = [len(x) for x in ids]
-        if not keep:
-            continue
-        total = int(lengths[start:stop].sum())
-        part = {"input_ids": _flat(ids, np.int32, total), "special": _flat(enc["special_tokens_mask"], np.int8, total)}
-        if with_types:
-            part["type_ids"] = _flat(enc["token_type_ids"], np.int8, total)
-        if words:
-            rows = ([-1 if w is None else w for w in enc.word_ids(i)] for i in range(stop - start))
-            part["word_ids"] = _flat(rows, np.int32, total)
-        kept += sum(a.nbytes for a in part.values()) + 8 * (stop - start)
-        if kept > keep_bytes:
-            keep, parts = False, []  # over budget: lengths only from here on
-        else:
-            parts.append(part)
+    except Exception:  # noqa: BLE001 - the tokenizer raises many kinds; find the example
+        for i, item in enumerate(inputs):
+            try:
+                tokenizer([item], is_split_into_words=words, truncation=True, max_length=max_length)
+            except Exception as one:  # noqa: BLE001
+                raise DatasetError(
+                    f"Example {first_id + i} cannot be tokenized ({type(one).__name__}: {one}); fix or remove it."
+                ) from one
+        raise
+    ids = enc["input_ids"]
+    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
     empty = np.flatnonzero(lengths == 0)
     if len(empty):
         raise DatasetError(
-            f"{len(empty)} example(s) give no tokens at all (first ids: {empty[:5].tolist()}), e.g. empty "
-            "texts with a tokenizer that adds no special tokens. Remove them from the dataset."
+            f"{len(empty)} example(s) give no tokens at all (first ids: {(first_id + empty[:5]).tolist()}), e.g. "
+            "empty texts with a tokenizer that adds no special tokens. Remove them from the dataset."
         )
-    if not keep:
-        return EncodedDataset(lengths, None)
-
-    def joined(key: str, dtype: Any = None) -> np.ndarray | None:
-        arrays = [p[key] for p in parts if key in p]
-        if arrays:
-            return np.concatenate(arrays)
-        return None if dtype is None else np.zeros(0, dtype=dtype)  # no examples at all
-
-    offsets = np.zeros(n + 1, dtype=np.int64)
+    offsets = np.zeros(len(ids) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    input_ids, special = joined("input_ids", np.int32), joined("special", np.int8)
-    assert input_ids is not None and special is not None
-    tokens = Tokens(offsets, input_ids, special, type_ids=joined("type_ids"), word_ids=joined("word_ids"))
-    return EncodedDataset(lengths, tokens)
+    total = int(offsets[-1])
+    word_ids = None
+    if words:
+        rows = ([-1 if w is None else w for w in enc.word_ids(i)] for i in range(len(ids)))
+        word_ids = _flat(rows, np.int32, total)
+    return Tokens(
+        offsets=offsets,
+        input_ids=_flat(ids, np.int32, total),
+        special=_flat(enc["special_tokens_mask"], np.int8, total),
+        type_ids=_flat(enc["token_type_ids"], np.int8, total) if with_types else None,
+        word_ids=word_ids,
+    )
 
 
-def pad_batch(tokens: Tokens, ids: Sequence[int], tokenizer: Any) -> dict[str, torch.Tensor]:
-    """The batch of examples ``ids`` padded to the longest, as the tokenizer pads (side, pad values).
+def concat(parts: Sequence[Tokens]) -> Tokens:
+    """Blocks of `Tokens` one after the other."""
+    if len(parts) == 1:
+        return parts[0]
+    shifts = np.cumsum([0, *[int(p.offsets[-1]) for p in parts[:-1]]])
+    offsets = np.concatenate([[0], *[p.offsets[1:] + s for p, s in zip(parts, shifts, strict=True)]])
+
+    def cat(key: str) -> np.ndarray | None:
+        arrays = [getattr(p, key) for p in parts]
+        return None if any(a is None for a in arrays) else np.concatenate(arrays)
+
+    ids, special = cat("input_ids"), cat("special")
+    assert ids is not None and special is not None
+    return Tokens(offsets.astype(np.int64), ids, special, cat("type_ids"), cat("word_ids"))
+
+
+@dataclass(frozen=True)
+class EncodedRange:
+    """A token-level share's first pass: per example its token count and row count, and the tokens
+    themselves when they fit the budget (else None)."""
+
+    lengths: np.ndarray
+    row_counts: np.ndarray
+    tokens: Tokens | None
+
+
+def encode_range(
+    inputs: Callable[[int, int], Sequence[Any]],
+    start: int,
+    stop: int,
+    tokenizer: Any,
+    max_length: int,
+    count_rows: Callable[[Tokens], np.ndarray],
+    *,
+    words: bool = False,
+    chunk: int = 2048,
+    keep_bytes: int = KEEP_TOKENS_BYTES,
+) -> EncodedRange:
+    """Tokenize examples ``start..stop`` in chunks: token counts, row counts (``count_rows``) and the tokens."""
+    lengths: list[np.ndarray] = []
+    rows: list[np.ndarray] = []
+    parts: list[Tokens] = []
+    kept = 0
+    keep = keep_bytes > 0
+    for a in range(start, stop, chunk):
+        b = min(a + chunk, stop)
+        tokens = encode(inputs(a, b), tokenizer, max_length, words=words, first_id=a)
+        lengths.append(tokens.lengths)
+        rows.append(count_rows(tokens))
+        if keep:
+            kept += tokens.nbytes
+            if kept > keep_bytes:
+                keep, parts = False, []  # over budget: counts only from here on
+            else:
+                parts.append(tokens)
+    empty = np.zeros(0, dtype=np.int64)
+    return EncodedRange(
+        lengths=np.concatenate(lengths) if lengths else empty,
+        row_counts=np.concatenate(rows) if rows else empty,
+        tokens=(concat(parts) if parts else None) if keep and stop > start else None,
+    )
+
+
+def pad_batch(tokens: Tokens, index: Sequence[int] | np.ndarray, tokenizer: Any) -> dict[str, torch.Tensor]:
+    """The batch of examples ``index`` (positions in ``tokens``) padded to the longest, as the tokenizer pads.
 
     Returns ``input_ids``, ``attention_mask``, ``special_tokens_mask`` (padding counts as special,
-    as in transformers), ``token_type_ids`` when kept, and ``word_ids`` for pre-split input.
+    as in transformers), ``token_type_ids`` when the tokenizer has them, and ``word_ids`` for pre-split
+    input.
     """
-    starts = tokens.offsets[np.asarray(ids)]
-    ends = tokens.offsets[np.asarray(ids) + 1]
-    width = int((ends - starts).max()) if len(ids) else 0
+    index = np.asarray(index, dtype=np.int64)
+    starts = tokens.offsets[index]
+    ends = tokens.offsets[index + 1]
+    width = int((ends - starts).max()) if len(index) else 0
     left = getattr(tokenizer, "padding_side", "right") == "left"
-    shape = (len(ids), width)
+    shape = (len(index), width)
     out = {
         "input_ids": np.full(shape, tokenizer.pad_token_id, dtype=np.int64),
         "attention_mask": np.zeros(shape, dtype=np.int64),

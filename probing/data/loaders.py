@@ -1,8 +1,15 @@
-"""Load datasets for real use: the built-in set, local CSV / JSONL / Parquet files, CoNLL-U treebanks,
-and Hugging Face datasets by name. Each returns what `TextDataset` accepts."""
+"""Load datasets for real use: local CSV / TSV / JSON / JSONL / Parquet files, CoNLL-U treebanks, and
+Hugging Face datasets by name, all through Hugging Face ``datasets``.
+
+Files become memory-mapped Arrow tables (written once to the datasets cache, then read from disk), never
+a Python list: a run of any size holds only the blocks it is working on. With ``streaming=True`` they
+are read front to back without being prepared first (a ``datasets.IterableDataset``).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -22,6 +29,16 @@ def _paths(path: str | Sequence[str] | None, what: str) -> list[Path]:
     if missing:
         raise DatasetError(f"Data file(s) not found: {missing}.")
     return paths
+
+
+def files_fingerprint(paths: Sequence[str | os.PathLike[str]], *extra: Any) -> str:
+    """An identity of local files (path, size, modification time) and the options that select from them."""
+    h = hashlib.sha256()
+    for p in paths:
+        st = os.stat(p)
+        h.update(f"{os.path.abspath(p)}|{st.st_size}|{st.st_mtime_ns}".encode())
+    h.update(json.dumps(extra, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
 
 
 def read_conllu(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
@@ -76,17 +93,28 @@ def _split_name(path: Path) -> str:
     return path.stem
 
 
-def load_conllu(path: str | Sequence[str]) -> list[dict[str, Any]]:
-    """Sentences of one or more CoNLL-U files; each gets a ``split`` from its file name (train/dev/test)."""
-    out: list[dict[str, Any]] = []
-    for p in _paths(path, "data.source=conllu"):
-        split = _split_name(p)
-        out.extend({**s, "split": split} for s in read_conllu(p))
-    return out
+def _conllu_sentences(paths: list[str], stamps: list[str]) -> Iterator[dict[str, Any]]:
+    """The sentences of several CoNLL-U files, each with its file's ``split`` (``stamps`` key the cache)."""
+    for p in paths:
+        split = _split_name(Path(p))
+        for s in read_conllu(p):
+            yield {**s, "split": split}
 
 
-def load_files(path: str | Sequence[str], fmt: str | None = None) -> Any:
-    """Local CSV / TSV / JSON / JSONL / Parquet files as a ``datasets.Dataset``."""
+def load_conllu(path: str | Sequence[str], *, streaming: bool = False) -> Any:
+    """Sentences of one or more CoNLL-U files as a ``datasets.Dataset`` (Arrow); each gets a ``split`` from
+    its file name (train/dev/test)."""
+    import datasets
+
+    paths = [str(p) for p in _paths(path, "data.source=conllu")]
+    kwargs = {"paths": paths, "stamps": [files_fingerprint([p]) for p in paths]}  # a changed file is read again
+    if streaming:
+        return datasets.IterableDataset.from_generator(_conllu_sentences, gen_kwargs=kwargs)
+    return datasets.Dataset.from_generator(_conllu_sentences, gen_kwargs=kwargs)
+
+
+def load_files(path: str | Sequence[str], fmt: str | None = None, *, streaming: bool = False) -> Any:
+    """Local CSV / TSV / JSON / JSONL / Parquet files as a ``datasets.Dataset`` (or ``IterableDataset``)."""
     paths = _paths(path, "data.source=files")
     if fmt is None:
         kinds = {FILE_FORMATS.get(p.suffix.lower()) for p in paths}
@@ -99,15 +127,16 @@ def load_files(path: str | Sequence[str], fmt: str | None = None) -> Any:
     import datasets
 
     kwargs: dict[str, Any] = {"sep": "\t"} if fmt == "csv" and paths[0].suffix.lower() == ".tsv" else {}
-    return datasets.load_dataset(fmt, data_files=[str(p) for p in paths], split="train", **kwargs)
+    return datasets.load_dataset(fmt, data_files=[str(p) for p in paths], split="train", streaming=streaming,
+                                 **kwargs)
 
 
-def load_hf(name: str, config: str | None = None, split: str = "train") -> Any:
+def load_hf(name: str, config: str | None = None, split: str = "train", *, streaming: bool = False) -> Any:
     """A Hugging Face dataset by name: needs the hub or a local cache."""
     import datasets
 
     try:
-        return datasets.load_dataset(name, config, split=split)
+        return datasets.load_dataset(name, config, split=split, streaming=streaming)
     except Exception as exc:  # noqa: BLE001 - datasets raises many kinds; all mean "not reachable / not there"
         raise DatasetError(
             f"Could not load the Hugging Face dataset {name!r} (config {config!r}, split {split!r}): {exc}. "
@@ -116,25 +145,44 @@ def load_hf(name: str, config: str | None = None, split: str = "train") -> Any:
         ) from exc
 
 
+def _columns(data: Any) -> list[str] | None:
+    names = getattr(data, "column_names", None)
+    return list(names) if names is not None else None
+
+
 def select_fields(data: Any, fields: Sequence[str] | None, keep: Sequence[str]) -> Any:
     """Keep only ``fields`` (plus the input fields in ``keep``); None keeps everything."""
     if not fields:
         return data
     wanted = list(dict.fromkeys([*keep, *fields]))
-    if hasattr(data, "column_names"):
-        missing = [f for f in wanted if f not in data.column_names]
-        if missing:
-            raise DatasetError(f"Fields {missing} are not in the dataset; its fields are {data.column_names}.")
+    if hasattr(data, "select_columns"):
+        present = _columns(data)
+        if present is not None:
+            missing = [f for f in wanted if f not in present]
+            if missing:
+                raise DatasetError(f"Fields {missing} are not in the dataset; its fields are {present}.")
         return data.select_columns(wanted)
-    present = set().union(*(r.keys() for r in data)) if data else set()
-    missing = [f for f in wanted if f not in present]
+    present_keys = set().union(*(r.keys() for r in data)) if data else set()
+    missing = [f for f in wanted if f not in present_keys]
     if missing:
-        raise DatasetError(f"Fields {missing} are not in the dataset; its fields are {sorted(present)}.")
+        raise DatasetError(f"Fields {missing} are not in the dataset; its fields are {sorted(present_keys)}.")
     return [{k: r.get(k) for k in wanted} for r in data]
 
 
 def rename_values(data: Any, field: str, mapping: dict[str, str]) -> Any:
     """Rename values of one field (e.g. ``split: {dev: train}`` to train probes on a dev file)."""
     if hasattr(data, "map"):
-        return data.map(lambda r: {field: mapping.get(r[field], r[field])})
+        mapping = dict(mapping)
+        return data.map(_Rename(field, mapping), batched=True)
     return [{**r, field: mapping.get(r.get(field), r.get(field))} for r in data]
+
+
+class _Rename:
+    """A picklable, hashable value renaming for ``datasets.map`` (its cache key is its content)."""
+
+    def __init__(self, field: str, mapping: dict[str, str]) -> None:
+        self.field = field
+        self.mapping = mapping
+
+    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        return {self.field: [self.mapping.get(v, v) for v in batch[self.field]]}

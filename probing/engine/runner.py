@@ -17,14 +17,16 @@ import lightning.pytorch as pl
 from lightning.fabric.plugins.environments import SLURMEnvironment
 
 from probing.data.datamodule import ExtractionDataModule, effective_max_length
-from probing.data.encoded import encode_dataset
-from probing.data.sources import TextDataset
+from probing.data.sources import TextDataset, TextStream, _is_iterable_dataset, row_column
 from probing.engine.module import ExtractionModule
 from probing.engine.preemption import PreemptionHandler
-from probing.engine.writer import RunWriterCallback
+from probing.engine.writer import RunWriterCallback, check_writers
 from probing.errors import ConfigError, ProbingError
 from probing.extractor import ActivationExtractor
-from probing.storage.base import RunReader, Storage, new_run_id, open_run, utc_now
+from probing.storage.base import Storage, check_resume, new_run_id, open_run, utc_now
+from probing.storage.layout import Column
+from probing.storage.reader import RunReader
+from probing.strategies import TokenLevelStrategy
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,8 @@ class RunResult:
 
     def open(self) -> RunReader:
         """Open the run for reading."""
-        return open_run(self.path)
+        reader: RunReader = open_run(self.path)
+        return reader
 
 
 def package_versions() -> dict[str, str]:
@@ -86,7 +89,8 @@ class DatasetRunner:
 
     Args:
         dataset: a list of strings, an iterable of dicts with a ``text`` field (other fields are
-            stored as per-example metadata), or a ``datasets.Dataset``.
+            stored as per-example metadata), a ``datasets.Dataset``, or a ``datasets.IterableDataset``
+            / `TextStream` (streamed: read once, front to back, length not known up front).
         batch_size: most examples per batch.
         extractor: what to capture and how to pool it.
         storage: where the run goes (`ZarrStorage` by default in the CLI).
@@ -124,8 +128,20 @@ class DatasetRunner:
             raise ConfigError("DatasetRunner needs an extractor and a storage.")
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
-        self.dataset = dataset if isinstance(dataset, TextDataset) else TextDataset(dataset, text_field, words_field)
+        if isinstance(dataset, (TextDataset, TextStream)):
+            self.dataset: TextDataset | TextStream = dataset
+        elif _is_iterable_dataset(dataset):
+            self.dataset = TextStream(dataset, text_field, words_field)
+        else:
+            self.dataset = TextDataset(dataset, text_field, words_field)
         mode = extractor.strategy.mode
+        self.token_level = extractor.strategy if isinstance(extractor.strategy, TokenLevelStrategy) else None
+        if isinstance(self.dataset, TextStream) and self.token_level is not None:
+            raise ConfigError(
+                f"strategy {extractor.strategy.name!r} stores rows per token or word, which are placed from a "
+                "first pass over the data; a stream has none. Load the data as a dataset (data.streaming=false: "
+                "files are memory-mapped Arrow, of any size), or pool (mean, last, max, cls)."
+            )
         if mode == "words" and self.dataset.words_field is None:
             raise ConfigError(
                 "strategy 'words' needs pre-split input: examples with a list of words (set words_field, "
@@ -133,16 +149,11 @@ class DatasetRunner:
             )
         if self.dataset.words_field is not None and not getattr(extractor.backend.tokenizer, "is_fast", False):
             raise ConfigError("Pre-split (word-level) input needs a fast tokenizer (word_ids); this one is not.")
-        world = _world_size(trainer)
-        if world > 1 and not storage.supports_concurrent_writers:
-            raise ConfigError(
-                f"{type(storage).__name__} takes one writer at a time and this run has {world} processes; "
-                "use the zarr storage (storage=zarr) for multi-process runs."
-            )
+        check_writers(storage, _world_size(trainer))
         self.batch_size = batch_size
         self.extractor = extractor
         self.storage = storage
-        self.run_id = run_id or new_run_id()
+        self.run_id = run_id or new_run_id()  # rank 0's is used on every rank
         tokenizer = extractor.backend.tokenizer
         self.max_length = effective_max_length(tokenizer, extractor.model.config, max_length)
         self.bucketing = bucketing
@@ -154,12 +165,37 @@ class DatasetRunner:
         self.config = config or {}
         self.overrides = overrides or []
         self.preemption = PreemptionHandler()
+        self.example_fields, self.row_fields = self._metadata_fields()
 
-    def metadata(self, fingerprint: str) -> dict[str, Any]:
-        """The run metadata stored with the activations."""
+    # -- what is stored --------------------------------------------------------------------------
+    def _metadata_fields(self) -> tuple[list[str], list[str]]:
+        """Fields stored per example, and (word-level runs) per row: the word list and per-word lists."""
+        fields = list(self.dataset.metadata_fields)
+        if self.extractor.strategy.mode != "words":
+            return fields, []
+        ds = self.dataset
+        assert isinstance(ds, TextDataset) and ds.words_field is not None
+        per_word = [f for f in fields if f != "text" and _is_list_field(ds, f)]
+        return [f for f in fields if f not in per_word], [ds.words_field, *per_word]
+
+    def columns(self) -> tuple[dict[str, Column], dict[str, Column]]:
+        """How the example fields and the row fields are stored (from the data's schema or values)."""
+        example = self.dataset.columns(self.example_fields)
+        rows: dict[str, Column] = {}
+        if self.row_fields:
+            ds = self.dataset
+            assert isinstance(ds, TextDataset)
+            feats = getattr(ds._hf, "features", None)
+            for f in self.row_fields:
+                rows[f] = row_column(feats[f] if feats is not None else ds.column(f))
+        return example, rows
+
+    def metadata(self) -> dict[str, Any]:
+        """The run metadata stored with the activations (on rank 0: it fingerprints the data)."""
         backend = self.extractor.backend
+        ds = self.dataset
         return {
-            "format_version": 1,
+            "format_version": 2,
             "model": {
                 "name_or_path": backend.name_or_path,
                 "revision": backend.revision,
@@ -178,11 +214,12 @@ class DatasetRunner:
             },
             "mode": self.extractor.strategy.mode,
             "dataset": {
-                "words_field": self.dataset.words_field,
-                "n_examples": len(self.dataset),
-                "fingerprint": fingerprint,
-                "text_field": self.dataset.text_field,
-                "fields": self.dataset.fields,
+                "words_field": ds.words_field,
+                "n_examples": None if isinstance(ds, TextStream) else len(ds),
+                "streamed": isinstance(ds, TextStream),
+                "fingerprint": ds.fingerprint(),
+                "text_field": ds.text_field,
+                "fields": ds.fields,
             },
             "trainer": {
                 k: v if isinstance(v, (int, str, float, bool, type(None))) else str(v)
@@ -194,37 +231,26 @@ class DatasetRunner:
             "created": utc_now(),
         }
 
-    def example_columns(self) -> dict[str, list[Any]]:
-        """Per-example metadata stored at finalize: the text and every other field."""
-        ds = self.dataset
-        cols: dict[str, list[Any]] = {"text": ds.texts()}
-        for f in ds.metadata_fields:
-            if f != "text":
-                cols[f] = ds.column(f)
-        if ds.words_field is not None:
-            cols["words"] = [list(w) for w in ds.inputs()]  # per-row (word) text of word-level runs
-        return cols
-
     def _already_complete(self) -> RunResult | None:
         """With ``resume``, a run that already completed with the same settings is a result, not an error
         (a requeued job or a re-run sweep member that finished before it was stopped)."""
         if not self.resume:
             return None
-        from probing.storage.base import check_resume
-
         try:
             reader = open_run(self.storage.run_path(self.run_id))
         except (FileNotFoundError, ProbingError):
             return None
-        check_resume(reader.metadata, {**self.metadata(self.dataset.fingerprint()), "storage": self.storage.describe()})
-        log.info("run %s is already complete; nothing to do", self.run_id)
-        stats = dict(reader.metadata.get("stats", {}).get("total", {}))
-        return RunResult(self.run_id, reader.path, reader.n_examples, reader.layers, stats, _global_rank())
+        with reader:
+            if _global_rank() == 0:  # the settings are checked once (the fingerprint reads the data)
+                check_resume(reader.metadata, {**self.metadata(), "storage": self.storage.describe()})
+            log.info("run %s is already complete; nothing to do", self.run_id)
+            stats = dict(reader.metadata.get("stats", {}).get("total", {}))
+            return RunResult(self.run_id, reader.path, reader.n_examples, reader.layers, stats, _global_rank())
 
     def build(self) -> tuple[pl.Trainer, ExtractionModule, ExtractionDataModule, RunWriterCallback]:
         """Validate and build the Lightning objects (before any compute)."""
         tokenizer = self.extractor.backend.tokenizer
-        encoded = encode_dataset(self.dataset, tokenizer, self.max_length)
+        example_columns, row_columns = self.columns()
         datamodule = ExtractionDataModule(
             self.dataset,
             tokenizer,
@@ -233,23 +259,32 @@ class DatasetRunner:
             bucketing=self.bucketing,
             max_tokens_per_batch=self.max_tokens_per_batch,
             num_workers=self.num_workers,
-            encoded=encoded,
+            token_level=self.token_level,
+            example_fields=tuple(self.example_fields),
+            row_fields=tuple(self.row_fields),
+        )
+        row_fields = {"tokens": {"token_id": "int64"}, "words": {"word_index": "int64"}}.get(
+            self.extractor.strategy.mode, {}
         )
         writer = RunWriterCallback(
             self.storage,
             self.run_id,
-            self.metadata(self.dataset.fingerprint()),
-            example_metadata=self.example_columns,
+            self.metadata,
+            layers=self.extractor.output_shapes(),
+            row_fields=row_fields,
+            example_columns=example_columns,
+            row_columns=row_columns,
             resume=self.resume,
             preemption=self.preemption,
         )
         for noisy in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-        # our batch sampler returns every index by construction; Lightning cannot know that
-        warnings.filterwarnings("ignore", message=".*custom batch sampler.*")
         warnings.filterwarnings("ignore", message=".*Total length of `DataLoader` across ranks is zero.*")
         warnings.filterwarnings("ignore", message=".*The `srun` command is available on your system.*")
         warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
+        warnings.filterwarnings("ignore", message=".*`IterableDataset` has `__len__` defined.*")
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*infer the batch indices.*")  # ids travel in the batch
         plugins: list[Any] = []
         if SLURMEnvironment.detect():
             # Lightning's SLURM requeue handler saves a training checkpoint; predict has none. Preemption
@@ -273,7 +308,6 @@ class DatasetRunner:
         Raises `Preempted` if SIGTERM/SIGUSR1/SIGUSR2 arrived: what was computed is stored, and the
         same call with ``resume=True`` finishes the run.
         """
-        os.environ.setdefault("PROBING_RUN_ID", self.run_id)
         done = self._already_complete()
         if done is not None:
             return done
@@ -285,6 +319,23 @@ class DatasetRunner:
             stats = writer.finish(trainer)
         finally:
             self.preemption.restore()
-        return RunResult(
-            self.run_id, writer.path, len(self.dataset), self.extractor.layer_keys, stats, trainer.global_rank
-        )
+        n = stats.get("examples", 0) if trainer.global_rank else _n_examples(writer)
+        return RunResult(writer.run_id, writer.path, n, self.extractor.layer_keys, stats, trainer.global_rank)
+
+
+def _n_examples(writer: RunWriterCallback) -> int:
+    layout = writer.layout
+    if layout is not None and layout.n_examples is not None:
+        return int(layout.n_examples)
+    reader: RunReader = open_run(writer.path)
+    with reader:
+        return reader.n_examples
+
+
+def _is_list_field(ds: TextDataset, field: str) -> bool:
+    """A field holding one list per example (per-word values of a word-level dataset)."""
+    feats = getattr(ds._hf, "features", None)
+    if feats is not None:
+        return type(feats[field]).__name__ in ("Sequence", "List", "LargeList")
+    values = ds.column(field)
+    return bool(values) and all(isinstance(v, (list, tuple)) for v in values)

@@ -1,32 +1,45 @@
-"""`RunWriterCallback`: a `BasePredictionWriter` that streams every batch of this rank to storage.
+"""`RunWriterCallback`: a `BasePredictionWriter` that streams every batch of its rank into the run.
 
-Rank 0 creates (or, with resume, reopens and checks) the run; after a barrier every rank opens its
-own part, and on resume learns which examples are already stored. Each batch is appended as it
-arrives (nothing accumulates in memory). After ``predict`` the runner calls `finish`: every rank
-flushes, and after a barrier rank 0 finalizes (rows in dataset order, per-example metadata, the
-``completed`` flag last). On an exception or a preemption signal the rank flushes what it has and
-records its progress, so that a resume keeps it.
+``setup`` (every rank, before any batch): agree on the run id (rank 0's, broadcast), place the
+rank's share (a token-level run gathers every rank's row count to place its rows), let rank 0 create
+or resume the run while the others wait, then join it and learn which examples are already stored.
+Each batch is handed to a background thread that writes it (the forward pass never waits for the
+disk unless the bounded queue is full). After ``predict`` the runner calls `finish`: every rank
+writes what it holds, and once all have, rank 0 finalizes (the seams, the ``completed`` flag last).
+On an exception or a preemption signal the rank writes what it has and records its progress, so that
+a resume keeps it.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import resource
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from probing.data.batching import window_examples
+from probing.data.datamodule import ExtractionDataModule
+from probing.data.sources import TextStream
+from probing.engine import collectives
 from probing.engine.preemption import PreemptionHandler
-from probing.errors import ConfigError
+from probing.errors import ConfigError, ProbingError
 from probing.faults import fault_point
-from probing.storage.base import RunWriter, Storage
+from probing.storage.base import Storage
+from probing.storage.layout import Column, RunLayout
+from probing.storage.ranges import Ranges
+from probing.storage.writer import RunWriter
 
 log = logging.getLogger(__name__)
+
+#: most bytes of activations a rank holds while their write units fill (about one bucketing window)
+WINDOW_BYTES = 256 * 2**20
 
 
 class RunWriterCallback(BasePredictionWriter):
@@ -34,10 +47,11 @@ class RunWriterCallback(BasePredictionWriter):
 
     Args:
         storage: where the run goes.
-        run_id: the run's id (the same on every rank).
-        metadata: run metadata, stored by rank 0.
-        example_metadata: a function returning per-example columns (text, labels), called by
-            rank 0 at finalize only.
+        run_id: the run's id; rank 0's is used on every rank.
+        metadata: a function giving the run metadata, called on rank 0 only (it fingerprints the data).
+        layers: the row shape of each layer's activations.
+        row_fields: per-row values the strategy produces (``token_id``...) -> dtype.
+        example_columns / row_columns: how the dataset's metadata fields are stored.
         resume: continue an incomplete run, skipping stored examples.
         preemption: checked after every batch; a received signal stops the run cleanly.
     """
@@ -46,27 +60,37 @@ class RunWriterCallback(BasePredictionWriter):
         self,
         storage: Storage,
         run_id: str,
-        metadata: Mapping[str, Any],
-        example_metadata: Any = None,
+        metadata: Callable[[], dict[str, Any]],
+        *,
+        layers: Mapping[str, tuple[int, ...]],
+        row_fields: Mapping[str, str] | None = None,
+        example_columns: Mapping[str, Column] | None = None,
+        row_columns: Mapping[str, Column] | None = None,
         resume: bool = False,
         preemption: PreemptionHandler | None = None,
     ) -> None:
         super().__init__(write_interval="batch")
         self.storage = storage
         self.run_id = run_id
-        self.metadata = dict(metadata)
-        self.example_metadata = example_metadata
+        self.metadata = metadata
+        self.layers = dict(layers)
+        self.row_fields = dict(row_fields or {})
+        self.example_columns = dict(example_columns or {})
+        self.row_columns = dict(row_columns or {})
         self.resume = resume
         self.preemption = preemption
         self.writer: RunWriter | None = None
+        self.layout: RunLayout | None = None
         self.examples = 0
         self.real_tokens = 0
         self.padded_tokens = 0
+        self.tokenized = 0
         self.skipped = 0
-        self.planned = 0
+        self.planned: int | None = None
+        self._seen = 0
         self._t0 = 0.0
         self._first_batch_unix: float | None = None
-        self._flushed_rows = 0
+        self._written_rows = 0
         self.path: str = storage.run_path(run_id)
         # storage writes run on a background thread, off the forward pass's critical path; the bounded
         # queue keeps at most a few batches in memory and makes the forward wait if storage is slower
@@ -75,34 +99,61 @@ class RunWriterCallback(BasePredictionWriter):
         self._error: BaseException | None = None
 
     # -- set-up -------------------------------------------------------------------------------
+    def _plan(self, dm: ExtractionDataModule) -> tuple[RunLayout, Ranges | None, np.ndarray | None, np.ndarray | None]:
+        """The run's layout and this rank's share, row starts and token counts (collective on token-level runs)."""
+        streaming = isinstance(dm.dataset, TextStream)
+        n = None if streaming else len(dm.dataset)  # type: ignore[arg-type]
+        share = None if dm.share is None else Ranges.span(*dm.share)
+        row_starts = total_rows = None
+        if dm.row_counts is not None:
+            counts = dm.row_counts
+            totals = collectives.all_gather(int(counts.sum()))
+            first = sum(totals[: dm.rank])
+            row_starts = first + np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+            total_rows = int(sum(totals))
+        layout = self.storage.layout(
+            n, self.layers, ragged=dm.token_level is not None, total_rows=total_rows, row_fields=self.row_fields,
+            example_columns=self.example_columns, row_columns=self.row_columns,
+        )
+        return layout, share, row_starts, dm.token_counts
+
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         rank, world = trainer.global_rank, trainer.world_size
-        if world > 1 and not self.storage.supports_concurrent_writers:
-            raise ConfigError(
-                f"{type(self.storage).__name__} cannot take several writers at once; use the zarr "
-                "storage for multi-process runs, or run on one device."
-            )
+        self.run_id = collectives.broadcast(self.run_id)
+        self.path = self.storage.run_path(self.run_id)
+        dm = trainer.datamodule  # type: ignore[attr-defined]
+        assert isinstance(dm, ExtractionDataModule)
+        layout, share, row_starts, token_counts = self._plan(dm)
+        opened: BaseException | None = None
         if rank == 0:
-            self.writer = self.storage.open_run(
-                self.run_id, metadata=self.metadata, rank=0, world_size=world, resume=self.resume
-            )
-        trainer.strategy.barrier("probing-open-run")
+            try:
+                self.writer = self.storage.open_run(
+                    self.run_id, metadata=self.metadata(), rank=0, world_size=world, resume=self.resume,
+                    layout=layout, share=share, row_starts=row_starts, token_counts=token_counts,
+                )
+            except ProbingError as exc:  # every rank raises it, instead of waiting for rank 0
+                opened = exc
+        opened = collectives.broadcast(opened)  # also the barrier: the run exists from here on
+        if opened is not None:
+            raise opened
         if rank != 0:
-            self.writer = self.storage.open_run(self.run_id, rank=rank, world_size=world)
+            self.writer = self.storage.open_run(self.run_id, rank=rank, world_size=world, share=share,
+                                                row_starts=row_starts, token_counts=token_counts)
         assert self.writer is not None
         self.path = self.writer.path
-        datamodule = getattr(trainer, "datamodule", None)
-        if datamodule is not None:
-            if self.resume:
-                datamodule.done_ids = self.writer.done_ids()
-                self.skipped = len(datamodule.done_ids)
-            datamodule.on_plan = self._on_plan
+        self.layout = self.writer.layout or layout
+        done = self.writer.before
+        dm.done = done if share is None else done & share
+        self.skipped = len(dm.done)
+        row_bytes = sum(int(np.prod(s)) for s in layout.layers.values()) * self.storage.dtype.itemsize
+        mean_rows = (layout.rows or 0) / max(1, layout.n_examples or 1) if layout.ragged else 1.0
+        dm.window = window_examples(dm.batch_size, row_bytes * mean_rows, WINDOW_BYTES)
+        unit = layout.write_rows
+        dm.stream = dm.batch_stream(block=-(-dm.window // unit) * unit)  # a stream's blocks are whole units
+        self.planned = dm.stream.examples
+        self._record("running")
         if self.preemption is not None:
             self.preemption.children = trainer.strategy.launcher
-
-    def _on_plan(self, batches: list[np.ndarray]) -> None:
-        self.planned = int(sum(len(b) for b in batches))
-        self._record("running")
 
     # -- per batch ----------------------------------------------------------------------------
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -120,8 +171,8 @@ class RunWriterCallback(BasePredictionWriter):
                 continue  # drain without writing after a failure; the error surfaces on the main thread
             try:
                 self.writer.append(*item)
-                if self.writer.rows_written != self._flushed_rows:  # a chunk went to disk: say so beside it
-                    self._flushed_rows = self.writer.rows_written
+                if self.writer.rows_written != self._written_rows:  # examples became durable: say so
+                    self._written_rows = self.writer.rows_written
                     self._record("running")
             except BaseException as exc:  # noqa: BLE001 - re-raised on the main thread
                 self._error = exc
@@ -157,17 +208,13 @@ class RunWriterCallback(BasePredictionWriter):
     ) -> None:
         assert self.writer is not None
         ids = prediction["example_ids"].cpu().numpy()
-        if batch_indices is not None and len(batch_indices) and not np.array_equal(np.asarray(batch_indices), ids):
-            raise RuntimeError(
-                f"Batch {batch_idx}: sampler indices {list(batch_indices)[:5]}... differ from the "
-                f"example ids carried in the batch {ids[:5].tolist()}..."
-            )
         counts = prediction["token_counts"].cpu().numpy()
         acts = {k: v.detach().float().cpu().numpy() for k, v in prediction["activations"].items()}
-        meta: dict[str, Any] = {"example_ids": ids, "token_counts": counts}
+        meta: dict[str, Any] = {"example_ids": ids, "token_counts": counts, "columns": batch.get("columns")}
         if prediction.get("row_counts") is not None:
             meta["row_counts"] = prediction["row_counts"].cpu().numpy()
             meta["row_fields"] = {k: v.cpu().numpy() for k, v in prediction["row_fields"].items()}
+            meta["row_columns"] = batch.get("row_columns")
         if self._error is not None:
             self._drain()
         if self._thread is not None:
@@ -177,6 +224,8 @@ class RunWriterCallback(BasePredictionWriter):
         self.examples += len(ids)
         self.real_tokens += int(counts.sum())
         self.padded_tokens += int(prediction["padded_tokens"])
+        self.tokenized += int(batch.get("n_tokenized", 0))
+        self._seen = max(self._seen, int(batch.get("n_seen", 0)))
 
     def on_predict_batch_end(
         self,
@@ -193,12 +242,13 @@ class RunWriterCallback(BasePredictionWriter):
 
     # -- progress -----------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        """This rank's timings for this attempt."""
+        """This rank's figures for this attempt."""
         seconds = max(time.perf_counter() - self._t0, 1e-9) if self._t0 else 0.0
         return {
             "examples": self.examples,
             "planned": self.planned,
             "skipped_as_done": self.skipped,
+            "tokenized": self.tokenized,
             "seconds": round(seconds, 3),
             "examples_per_s": round(self.examples / seconds, 1) if seconds else 0.0,
             "real_tokens_per_s": round(self.real_tokens / seconds, 1) if seconds else 0.0,
@@ -206,6 +256,7 @@ class RunWriterCallback(BasePredictionWriter):
             "padded_tokens": self.padded_tokens,
             "padding_fraction": round(1 - self.real_tokens / self.padded_tokens, 4) if self.padded_tokens else 0.0,
             "first_batch_unix": self._first_batch_unix,
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         }
 
     def _record(self, status: str) -> None:
@@ -214,24 +265,26 @@ class RunWriterCallback(BasePredictionWriter):
 
     # -- end ----------------------------------------------------------------------------------
     def finish(self, trainer: pl.Trainer) -> dict[str, Any]:
-        """After ``predict`` returned on every rank: flush, wait for all ranks, rank 0 finalizes.
+        """After ``predict`` returned on every rank: write what is held, wait for all ranks, rank 0 finalizes.
 
         Not a predict hook: Lightning skips the predict hooks on a rank with no batches (N < world
-        size, or a resume with nothing left), and every rank must reach the barriers. Returns the
+        size, or a resume with nothing left), and every rank must reach the collectives. Returns the
         run-wide figures on rank 0 (this rank's own elsewhere).
         """
         assert self.writer is not None
         self._drain()
-        self.writer.close()
+        self.writer.close(finished=True)
         self._record("done")
-        trainer.strategy.barrier("probing-ranks-done")
+        seen = collectives.all_gather(self._seen)  # also the barrier: every rank wrote its share
         if trainer.global_rank == 0:
-            columns = self.example_metadata() if callable(self.example_metadata) else self.example_metadata
-            meta = self.writer.finalize(columns, stats={"world_size": trainer.world_size})
-            total: dict[str, Any] = meta["stats"]["total"]
+            n = None
+            if self.layout is not None and self.layout.n_examples is None:  # a stream ends where it was read to
+                n = max(max(seen), self.writer.done_ranges().max_stop())
+            meta = self.writer.finalize(stats={"world_size": trainer.world_size}, n_examples=n)
+            total: dict[str, Any] = {**meta["stats"]["total"], "finalize_seconds": meta["stats"]["finalize_seconds"]}
         else:
             total = self.stats()
-        trainer.strategy.barrier("probing-finalized")
+        collectives.broadcast(None)  # the run is completed for every rank
         return total
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
@@ -241,4 +294,13 @@ class RunWriterCallback(BasePredictionWriter):
                 self.writer.close()  # keep every whole row computed so far, for resume
                 self._record(f"stopped: {type(exception).__name__}")
             except Exception:  # noqa: BLE001 - do not mask the original error
-                log.exception("could not flush the run after an error")
+                log.exception("could not write the run's rows after an error")
+
+
+def check_writers(storage: Storage, world: int) -> None:
+    """Refuse a storage that takes one writer for a run of several processes (before compute)."""
+    if world > 1 and not storage.supports_concurrent_writers:
+        raise ConfigError(
+            f"{type(storage).__name__} takes one writer at a time and this run has {world} processes; "
+            "use the zarr storage (storage=zarr) for multi-process runs."
+        )

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from probing.probes.metrics import N_BOOTSTRAP
-from probing.probes.run import SEARCH_ROWS
+from probing.probes.run import MAX_ROWS, SEARCH_ROWS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,6 +37,13 @@ def _parser() -> argparse.ArgumentParser:
         type=lambda v: None if v.lower() in ("none", "all") else int(v),
         default=SEARCH_ROWS,
         help=f"most fit and dev rows used to choose C; 'all' for every row (default: {SEARCH_ROWS})",
+    )
+    p.add_argument(
+        "--max-rows",
+        type=lambda v: None if v.lower() in ("none", "all") else int(v),
+        default=MAX_ROWS,
+        help="most rows probed (a larger run: a stratified sample, printed); 'all' for every row "
+        f"(default: {MAX_ROWS})",
     )
     p.add_argument("--no-write", action="store_true", help="only print the table")
     return p
@@ -69,6 +76,7 @@ def probe_main(argv: list[str]) -> int:
             layers=[s.strip() for s in args.layers.split(",")] if args.layers else None,
             n_bootstrap=args.n_bootstrap,
             search_rows=args.search_rows,
+            max_rows=args.max_rows,
             write=not args.no_write,
         )
     except (ProbingError, FileNotFoundError) as exc:

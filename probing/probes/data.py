@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 
 from probing.errors import ConfigError, ProbingError, close_matches
-from probing.storage.base import RunReader
+from probing.probes.rows import Rows
+
+RunReader = Rows  # what probes read: a run's examples, or a token-level run's rows
 
 #: values of a split field, by role (anything else is refused)
 TRAIN_VALUES = ("train",)
@@ -178,15 +180,65 @@ def resolve_layers(reader: RunReader, layers: Sequence[int | str] | None) -> lis
     return list(dict.fromkeys(keys))
 
 
-def load_features(reader: RunReader, layers: Sequence[str]) -> dict[str, np.ndarray]:
-    """``{layer: float32 [n_rows, dim]}``; float16 storage is widened so that sums stay exact enough."""
+def load_features(reader: RunReader, layers: Sequence[str], rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """``{layer: float32 [n_rows, dim]}`` of the given layers (only ``rows``, sorted, when given);
+    float16 storage is widened so that sums stay exact enough."""
     out = {}
+    expected = reader.n_examples if rows is None else len(rows)
     for layer in layers:
-        x = np.asarray(reader.activations(layer))
-        if x.ndim != 2 or x.shape[0] != reader.n_examples:
-            raise ProbingError(f"Layer {layer!r} has shape {x.shape}; expected ({reader.n_examples}, dim).")
+        x = np.asarray(reader.activations(layer) if rows is None else reader.read_rows(layer, rows))
+        if x.ndim != 2 or x.shape[0] != expected:
+            raise ProbingError(f"Layer {layer!r} has shape {x.shape}; expected ({expected}, dim).")
         out[layer] = x.astype(np.float32, copy=False)
     return out
+
+
+def sample_rows(n_rows: int, limit: int, strata: np.ndarray | None, groups: np.ndarray | None, seed: int) -> np.ndarray:
+    """A seeded sample of about ``limit`` of ``n_rows`` rows, sorted, that keeps the proportions of ``strata``
+    (e.g. split x label); with ``groups``, whole groups (sentences) are taken, so none is cut in two."""
+    rng = np.random.default_rng(seed)
+    if groups is not None:
+        codes = group_codes(groups)
+        sizes = np.bincount(codes)
+        order = rng.permutation(len(sizes))
+        take = order[: int(np.searchsorted(np.cumsum(sizes[order]), limit, side="right"))]
+        return np.flatnonzero(np.isin(codes, take))
+    if strata is None:
+        return np.sort(rng.choice(n_rows, size=limit, replace=False))
+    codes = group_codes(strata)
+    picked = []
+    for c in range(int(codes.max()) + 1 if len(codes) else 0):
+        members = np.flatnonzero(codes == c)
+        k = int(round(limit * len(members) / n_rows))
+        if k:
+            picked.append(rng.choice(members, size=min(k, len(members)), replace=False))
+    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
+
+
+def feature_groups(reader: RunReader, layers: Sequence[str], rows: int, max_bytes: int) -> list[list[str]]:
+    """Layers in groups whose float32 features (``rows`` rows each) fit ``max_bytes`` together (at least one
+    layer per group): probing reads a few layers at a time, never the whole run."""
+    dims = {k: _layer_width(reader, k) for k in layers}
+    groups: list[list[str]] = []
+    used = 0
+    for k in layers:
+        size = rows * dims[k] * 4
+        if groups and used + size <= max_bytes:
+            groups[-1].append(k)
+            used += size
+        else:
+            groups.append([k])
+            used = size
+    return groups
+
+
+def _layer_width(reader: RunReader, layer: str) -> int:
+    shape = reader.metadata.get("layout", {}).get("layers", {}).get(layer)
+    if shape:
+        return int(np.prod(shape))
+    if reader.n_examples:
+        return int(np.prod(reader.read_rows(layer, np.zeros(1, dtype=np.int64)).shape[1:]))
+    return 1
 
 
 def standardize(

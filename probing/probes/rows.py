@@ -9,21 +9,23 @@ control task's type).
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
-from probing.storage.base import RunReader
+from probing.storage.reader import RunReader
 
 
-class RowView(RunReader):
+class RowView:
     """Wraps a ragged `RunReader`: ``n_examples`` counts rows, ``example_metadata`` gives per-row values."""
 
-    def __init__(self, reader: Any) -> None:
+    def __init__(self, reader: RunReader) -> None:
         self.reader = reader
         self.path = reader.path
         self.metadata = reader.metadata
         self._repeats = np.diff(reader.offsets)
+
+    @property
+    def run_id(self) -> str:
+        return self.reader.run_id
 
     @property
     def layers(self) -> list[str]:
@@ -48,6 +50,9 @@ class RowView(RunReader):
     def activations(self, layer: int | str) -> np.ndarray:
         return np.asarray(self.reader.activations(layer))
 
+    def read_rows(self, layer: int | str, rows: np.ndarray) -> np.ndarray:
+        return self.reader.read_rows(layer, rows)
+
     def example_metadata(self, field: str) -> np.ndarray:
         if field == "sentence_id":
             return np.repeat(self.reader.example_ids, self._repeats)
@@ -58,6 +63,12 @@ class RowView(RunReader):
         return np.repeat(np.asarray(self.reader.example_metadata(field)), self._repeats, axis=0)
 
 
-def as_rows(reader: RunReader) -> RunReader:
+#: what probes read: a run's examples, or a token-level run's rows
+Rows = RunReader | RowView
+
+
+def as_rows(reader: RunReader) -> Rows:
     """``reader`` itself for pooled runs; a `RowView` for token-level runs."""
     return RowView(reader) if getattr(reader, "ragged", False) else reader
+
+

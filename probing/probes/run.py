@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,16 +28,19 @@ from probing.probes.data import (
     Labels,
     default_control_field,
     default_label_fields,
+    feature_groups,
     field_values,
     group_codes,
     load_features,
     load_labels,
     make_folds,
     resolve_layers,
+    sample_rows,
 )
 from probing.probes.metrics import N_BOOTSTRAP, accuracy, bootstrap_ci, macro_f1, majority_baseline
 from probing.probes.results import ProbeReport, ProbeResult
-from probing.storage.base import RunReader
+from probing.probes.rows import Rows
+from probing.storage.reader import RunReader
 
 log = logging.getLogger("probing.probes")
 
@@ -48,6 +52,11 @@ DEFAULT_SPLIT_FIELD = "split"
 #: dev accuracy on 5,000 rows is precise to about a point, and the search's fits cost a fifth of those on all
 #: rows of a large word-level run. The final probe is fit on all training rows either way.
 SEARCH_ROWS = 5000
+#: most rows probed: a larger run is probed on a seeded sample of this many rows, stratified by split and
+#: label (whole sentences for word-level runs), and the sample is printed; None probes every row
+MAX_ROWS = 200_000
+#: most bytes of float32 features held at once: layers are read and probed a group at a time
+FEATURE_BYTES = 2**30
 #: spellings of "no field" accepted for split_field / control_field (from the command line or YAML)
 NONE_VALUES = ("", "none", "null", "off")
 
@@ -78,12 +87,12 @@ def parse_methods(method: str | Sequence[str]) -> list[str]:
     return out
 
 
-def _open(path_or_reader: str | os.PathLike[str] | RunReader) -> RunReader:
+def _open(path_or_reader: str | os.PathLike[str] | RunReader) -> Rows:
     """The run as rows: pooled runs as they are, token-level runs one row per word or token."""
     from probing.probes.rows import as_rows
 
-    if isinstance(path_or_reader, RunReader):
-        return as_rows(path_or_reader)
+    if not isinstance(path_or_reader, (str, os.PathLike)):
+        return as_rows(path_or_reader)  # type: ignore[arg-type]
     from probing.storage.base import open_run
 
     return as_rows(open_run(path_or_reader))
@@ -177,6 +186,8 @@ def probe_run(
     dev_fraction: float = 0.2,
     c_grid: Sequence[float] = C_GRID,
     search_rows: int | None = SEARCH_ROWS,
+    max_rows: int | None = MAX_ROWS,
+    feature_bytes: int = FEATURE_BYTES,
     write: bool = True,
 ) -> ProbeReport:
     """Probe each layer of a run for each label field; write CSV, JSON and PNG into ``out_dir``.
@@ -203,6 +214,9 @@ def probe_run(
         c_grid: inverse L2 strengths tried.
         search_rows: most rows of the fit part and of the dev part used to choose C (a seeded subset);
             ``None``: all. The final probe always trains on every training row.
+        max_rows: most rows probed; a larger run is probed on a seeded sample stratified by split and
+            the first label (whole groups when there are groups), which is printed. None: every row.
+        feature_bytes: most bytes of features in memory: layers are read and probed in groups that fit.
         write: write the files (False: only return the report).
     """
     start_all = time.perf_counter()
@@ -238,17 +252,28 @@ def probe_run(
     else:
         fields = default_label_fields(reader, exclude=(split_name, group_name, ctrl_name))
     labels = [load_labels(reader, f) for f in fields]  # every label is checked before any compute
-    features = load_features(reader, layer_keys)
-    feats = [features[k] for k in layer_keys]
+    if max_rows is not None and max_rows < 2:
+        raise ConfigError(f"max_rows must be >= 2 (or null for every row), got {max_rows}.")
+    rows = None
+    if max_rows is not None and reader.n_examples > max_rows:
+        strata = labels[0].y if split is None else np.char.add(np.asarray(split, dtype=str), labels[0].y.astype(str))
+        rows = sample_rows(reader.n_examples, max_rows, strata, groups, seed)
+        what = "whole groups" if groups is not None else f"stratified by split and {labels[0].field!r}"
+        print(f"probing: {reader.n_examples:,} rows > max_rows={max_rows:,}: probing a sample of {len(rows):,} rows "
+              f"({what}, seed {seed})", file=sys.stderr)
+        labels = [Labels(lab.field, lab.y[rows], lab.classes) for lab in labels]
+        split = None if split is None else split[rows]
+        groups = None if groups is None else groups[rows]
+        types = None if types is None else types[rows]
+    n_rows = reader.n_examples if rows is None else len(rows)
     meta = reader.metadata
     run_info = {
         "run": reader.run_id,
         "model": str(meta.get("model", {}).get("name_or_path", "")),
         "strategy": str(meta.get("strategy", {}).get("name", "")),
     }
-    results: list[ProbeResult] = []
-    schemes: dict[str, str] = {}
-    method_seconds = dict.fromkeys(methods, 0.0)
+    # per label: folds, majority, control labels; decided once, before any feature is read
+    plans = []
     for lab in labels:
         folds = make_folds(
             lab.y,
@@ -262,21 +287,37 @@ def probe_run(
         )
         _check_training_classes(folds, lab)
         folds = cap_search_rows(folds, search_rows, seed)
-        schemes[lab.field] = folds.scheme
+        control = None if types is None else control_labels(types, lab.y, lab.n_classes, seed=seed, salt=lab.field)
+        plans.append((lab, folds, control))
+    schemes = {lab.field: folds.scheme for lab, folds, _ in plans}
+    method_seconds = dict.fromkeys(methods, 0.0)
+    fitted: dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray | None, float, float]] = {}
+    for group in feature_groups(reader, layer_keys, n_rows, feature_bytes):
+        features = load_features(reader, group, rows)
+        feats = [features[k] for k in group]
+        for lab, folds, control in plans:
+            for m in methods:
+                t0 = time.perf_counter()
+                preds, cpreds, regs, seconds = _fit_folds(_implementation(m), feats, lab, folds, control, c_grid)
+                method_seconds[m] += time.perf_counter() - t0
+                for i, layer in enumerate(group):
+                    control_pred = None if cpreds is None else cpreds[i]
+                    fitted[(lab.field, m, layer)] = (preds[i], control_pred, regs[i], seconds[i])
+                log.info("probed %r with %s on %s in %.1f s", lab.field, m, group, time.perf_counter() - t0)
+        del features, feats
+    results: list[ProbeResult] = []
+    for lab, folds, control in plans:
         test = folds.test_rows
         y_test = lab.y[test]
         test_groups = None if groups is None else group_codes(groups)[test]
         majority = _pooled_majority(folds, lab.y)
-        control = None if types is None else control_labels(types, lab.y, lab.n_classes, seed=seed, salt=lab.field)
         for m in methods:
-            t0 = time.perf_counter()
-            preds, cpreds, regs, seconds = _fit_folds(_implementation(m), feats, lab, folds, control, c_grid)
-            method_seconds[m] += time.perf_counter() - t0
             for i, layer in enumerate(layer_keys):
-                correct = preds[i] == y_test
+                pred, cpred, reg, secs = fitted[(lab.field, m, layer)]
+                correct = pred == y_test
                 acc = float(correct.mean())
                 low, high = bootstrap_ci(correct, groups=test_groups, n_resamples=n_bootstrap, seed=seed)
-                c_acc = float("nan") if control is None or cpreds is None else accuracy(control[test], cpreds[i])
+                c_acc = float("nan") if control is None or cpred is None else accuracy(control[test], cpred)
                 results.append(
                     ProbeResult(
                         **run_info,
@@ -287,18 +328,17 @@ def probe_run(
                         accuracy=acc,
                         ci_low=low,
                         ci_high=high,
-                        macro_f1=macro_f1(y_test, preds[i]),
+                        macro_f1=macro_f1(y_test, pred),
                         majority=majority,
                         control_accuracy=c_acc,
                         selectivity=acc - c_acc,
                         n_train=folds.mean_train_size,
                         n_test=len(test),
                         n_classes=lab.n_classes,
-                        C=regs[i],
-                        seconds=seconds[i],
+                        C=reg,
+                        seconds=secs,
                     )
                 )
-            log.info("probed %r with %s in %.1f s", lab.field, m, time.perf_counter() - t0)
     settings: dict[str, Any] = {
         "label_fields": fields,
         "method": methods,
@@ -312,6 +352,8 @@ def probe_run(
         "dev_fraction": dev_fraction,
         "c_grid": list(c_grid),
         "search_rows": search_rows,
+        "max_rows": max_rows,
+        "rows_probed": n_rows,
         "total_seconds": round(time.perf_counter() - start_all, 3),
     }
     report = ProbeReport(
@@ -319,7 +361,7 @@ def probe_run(
         run_id=run_info["run"],
         model=run_info["model"],
         strategy=run_info["strategy"],
-        n_rows=reader.n_examples,
+        n_rows=n_rows,
         layers=layer_keys,
         label_fields=fields,
         methods=methods,

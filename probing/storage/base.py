@@ -1,9 +1,8 @@
-"""The storage interface: `Storage` opens runs, `RunWriter` appends batches, `RunReader` reads runs.
+"""The storage interface: a `Storage` opens runs for writing (`Storage.open_run` -> `RunWriter`),
+`probing.open_run` opens them for reading (-> `RunReader`).
 
-A run is written in parts, one per rank and attempt, each holding rows in arrival order with their
-example ids beside them; `RunWriter.finalize` (one process, after all ranks) puts the rows in dataset
-order, writes per-example metadata and sets the ``completed`` flag last. Nothing is ever read back
-as complete before that flag is set.
+A backend subclasses `Storage` and provides an `ArrayStore` (how to create, write, read and list
+arrays); creating or resuming a run, writing it and reading it are done here, once, for every backend.
 """
 
 from __future__ import annotations
@@ -11,14 +10,21 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import secrets
-from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from probing.errors import ConfigError, LayerNotFoundError, ResumeMismatchError, RunExistsError, close_matches
+from probing.errors import ConfigError, ResumeMismatchError, RunExistsError
+
+if TYPE_CHECKING:
+    from probing.storage.arrays import ArrayStore
+    from probing.storage.layout import RunLayout
+    from probing.storage.ranges import Ranges
+    from probing.storage.writer import RunWriter
+
+STORAGE_DTYPES = ("float32", "float16")
 
 # Settings that must not change between the attempts of one run.
 RESUME_KEYS: tuple[tuple[str, ...], ...] = (
@@ -33,22 +39,26 @@ RESUME_KEYS: tuple[tuple[str, ...], ...] = (
 )
 
 
-def new_run_id() -> str:
-    """A run id: ``PROBING_RUN_ID`` if set (so DDP ranks agree), else the SLURM job, else time + random.
+def is_url(path: str) -> bool:
+    return "://" in path
 
-    The id is put into ``PROBING_RUN_ID`` so that processes started later from this one (DDP ranks)
-    use the same id.
+
+def strip_file_url(path: str) -> str:
+    """``file:///a/b`` -> ``/a/b``: local folders are handled as paths (created as needed)."""
+    return path[len("file://") :] if path.startswith("file://") else path
+
+
+def new_run_id() -> str:
+    """A fresh run id: the SLURM job (the same on every rank of the job), else time + random.
+
+    Nothing is read from or written to the environment: a DDP job agrees on one id because rank 0's is
+    broadcast to the others (`probing.engine.writer`), and two runs in one process get two ids.
     """
-    run_id = os.environ.get("PROBING_RUN_ID")
-    if not run_id:
-        job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
-        if job:
-            task = os.environ.get("SLURM_ARRAY_TASK_ID")
-            run_id = f"slurm-{job}" + (f"-{task}" if task else "")
-        else:
-            run_id = _dt.datetime.now().strftime("run-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
-        os.environ["PROBING_RUN_ID"] = run_id
-    return run_id
+    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+    if job:
+        task = os.environ.get("SLURM_ARRAY_TASK_ID")
+        return f"slurm-{job}" + (f"-{task}" if task else "")
+    return _dt.datetime.now().strftime("run-%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
 def utc_now() -> str:
@@ -105,81 +115,71 @@ def total_progress(parts: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def check_batch(
-    activations: Mapping[str, np.ndarray], metadata: Mapping[str, Any], row_counts: Any = None
-) -> np.ndarray:
-    """Validate one appended batch; return its example ids as int64.
+class Storage:
+    """Where runs are written: ``root`` is a folder (or URL) holding one run per run id.
 
-    Pooled batches have one row per example; token-level ones ``sum(row_counts)`` rows.
+    A backend sets `name`, implements `open_store` (an `ArrayStore` over one run) and `detect` /
+    `open_existing` (to recognize and read its runs), and registers itself in
+    `probing.storage.registry`.
     """
-    if "example_ids" not in metadata:
-        raise ConfigError("RunWriter.append needs metadata['example_ids'] (the dataset index of each row).")
-    ids = np.asarray(metadata["example_ids"], dtype=np.int64).reshape(-1)
-    rows = len(ids) if row_counts is None else int(np.sum(row_counts))
-    if row_counts is not None and len(row_counts) != len(ids):
-        raise ConfigError(f"row_counts has {len(row_counts)} entries for {len(ids)} examples.")
-    for key, value in activations.items():
-        if value.ndim != 2 or value.shape[0] != rows:
-            raise ConfigError(f"Activations of {key!r} have shape {value.shape}; expected ({rows}, dim).")
-    return ids
 
+    name: ClassVar[str] = "storage"
+    #: whether several processes may write one run at the same time
+    supports_concurrent_writers: ClassVar[bool] = True
+    #: whether ``root`` may be an fsspec URL
+    supports_urls: ClassVar[bool] = False
 
-class RunWriter(ABC):
-    """Writes one rank's share of a run. Obtained from `Storage.open_run`."""
+    def __init__(self, root: str | os.PathLike[str], *, dtype: str = "float32", chunk_rows: int | None = None) -> None:
+        self.root = strip_file_url(os.fspath(root))
+        if is_url(self.root) and not self.supports_urls:
+            raise ConfigError(f"The {self.name} storage writes local files only; use zarr for URLs.")
+        if dtype not in STORAGE_DTYPES:
+            raise ConfigError(
+                f"Storage dtype {dtype!r} is not supported; expected one of {STORAGE_DTYPES}. "
+                "(bfloat16 is not a zarr dtype: use float32, exact for bfloat16 values, or float16 for half the size.)"
+            )
+        if chunk_rows is not None and chunk_rows < 1:
+            raise ConfigError(f"chunk_rows must be >= 1, got {chunk_rows}.")
+        self.dtype = np.dtype(dtype)
+        self.chunk_rows = chunk_rows
 
-    run_id: str
-    path: str
-    rank: int
-    world_size: int
-    rows_written: int = 0
+    # -- what a backend provides -----------------------------------------------------------------
+    def open_store(self, path: str, mode: str) -> ArrayStore:
+        """An `ArrayStore` over the run at ``path``; ``mode`` is ``w`` (create), ``r+`` or ``r``."""
+        raise NotImplementedError
 
-    @abstractmethod
-    def append(self, batch_id: int, activations: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> None:
-        """Add a batch: ``activations[layer]`` is ``[batch, dim]``; ``metadata['example_ids']`` is required
-        (dataset index of each row), ``metadata['token_counts']`` optional."""
+    @staticmethod
+    def detect(path: str) -> bool:
+        """True if ``path`` holds a run of this backend."""
+        raise NotImplementedError
 
-    @abstractmethod
-    def close(self) -> None:
-        """Write everything buffered by this rank. Safe to call twice."""
+    @staticmethod
+    def open_existing(path: str) -> ArrayStore:
+        """A read-only `ArrayStore` over an existing run."""
+        raise NotImplementedError
 
-    @abstractmethod
-    def record_progress(self, progress: Mapping[str, Any]) -> None:
-        """Store this rank's progress and timings beside its part (read by ``info`` and finalize)."""
+    shard_chunks: int | None = None
 
-    @abstractmethod
-    def done_ids(self) -> np.ndarray:
-        """Ids of the examples already stored by any rank and attempt (what a resume skips)."""
+    @property
+    def compress(self) -> bool:
+        return False
 
-    @abstractmethod
-    def finalize(
-        self, example_metadata: Mapping[str, Sequence[Any]] | None = None, *, stats: Mapping[str, Any] | None = None
-    ) -> dict[str, Any]:
-        """Order the rows by example id, store per-example metadata, and mark the run completed.
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "dtype": str(self.dtype), "chunk_rows": self.chunk_rows}
 
-        Call once, from one process, after every rank has closed. Raises if any example is missing.
-        Returns the final run metadata.
-        """
-
-    def __enter__(self) -> RunWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class Storage(ABC):
-    """Where runs are written. ``root`` is a folder (or URL) holding one run per run id."""
-
-    #: whether several processes may write parts of one run at the same time
-    supports_concurrent_writers: bool = True
-
-    def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = os.fspath(root)
-
+    # -- runs ------------------------------------------------------------------------------------
     def run_path(self, run_id: str) -> str:
-        return str(Path(self.root) / run_id)
+        return f"{self.root.rstrip('/')}/{run_id}" if is_url(self.root) else str(Path(self.root) / run_id)
 
-    @abstractmethod
+    def layout(self, n_examples: int | None, layers: dict[str, tuple[int, ...]], **kwargs: Any) -> RunLayout:
+        """The layout of a run of this storage's dtype and chunking (see `probing.storage.layout.make_layout`)."""
+        from probing.storage.layout import make_layout
+
+        return make_layout(
+            n_examples, layers, itemsize=self.dtype.itemsize, chunk_rows=self.chunk_rows,
+            shard_chunks=self.shard_chunks, **kwargs,
+        )
+
     def open_run(
         self,
         run_id: str | None = None,
@@ -188,102 +188,58 @@ class Storage(ABC):
         rank: int = 0,
         world_size: int = 1,
         resume: bool = False,
+        layout: RunLayout | None = None,
+        share: Ranges | None = None,
+        row_starts: np.ndarray | None = None,
+        token_counts: np.ndarray | None = None,
     ) -> RunWriter:
-        """Open a run for writing. Rank 0 creates it (or checks it for resume); others join it."""
+        """Open a run for writing: rank 0 creates it (or checks it and starts a new attempt with
+        ``resume``), every other rank joins it (after rank 0, e.g. behind a barrier).
 
-    def describe(self) -> dict[str, Any]:
-        return {"backend": type(self).__name__}
+        Args:
+            run_id: the run's name under ``root`` (default: a fresh id).
+            metadata: run metadata (model, layers, strategy, dataset, ...); on resume it must agree
+                with the stored one on `RESUME_KEYS`.
+            layout: shapes and chunking of every array (`Storage.layout`). Without one (the seed
+                API), arrays are made on the first `RunWriter.append` and the run must be pooled
+                and written by one process.
+            share: the example ids this rank writes (default: all). Token-level runs: ``row_starts``,
+                the first row of each example of the share and the end of the last; ``token_counts``.
+        """
+        from probing.storage.writer import create_or_resume, join_run
 
-
-class RunReader(ABC):
-    """Reads a completed run in dataset order. Use `open_run` to get one."""
-
-    path: str
-    metadata: dict[str, Any]
-
-    @property
-    def run_id(self) -> str:
-        return str(self.metadata.get("run_id", Path(self.path).name))
-
-    @property
-    def layers(self) -> list[str]:
-        """The stored layer keys, in request order."""
-        return list(self.metadata.get("layers", []))
-
-    @property
-    def n_examples(self) -> int:
-        return int(self.metadata.get("dataset", {}).get("n_examples", 0))
-
-    @property
-    def completed(self) -> bool:
-        return bool(self.metadata.get("completed", False))
-
-    def layer_key(self, layer: int | str) -> str:
-        """Map a selector (stored key, block index, ``embeddings`` or module name) to a stored key."""
-        keys = self.layers
-        if isinstance(layer, str) and layer in keys:
-            return layer
-        modules = self.metadata.get("layer_modules", {})
-        for key, module_name in modules.items():
-            if layer == module_name:
-                return str(key)
-        n = self.metadata.get("num_blocks")
-        index: int | None = None
-        if (
-            isinstance(layer, (int, np.integer))
-            and not isinstance(layer, bool)
-            or isinstance(layer, str)
-            and layer.lstrip("-").isdigit()
-        ):
-            index = int(layer)
-        if index is not None and n:
-            key = f"blocks.{index % n}" if -n <= index < n else None
-            if key in keys:
-                return key
-        raise LayerNotFoundError(
-            f"Layer {layer!r} is not in this run.{close_matches(str(layer), keys)} Stored layers: {keys}."
-        )
-
-    @abstractmethod
-    def activations(self, layer: int | str) -> np.ndarray:
-        """``[n_examples, dim]`` activations of ``layer`` in dataset order."""
-
-    @abstractmethod
-    def example_metadata(self, field: str) -> np.ndarray:
-        """Per-example values of a field (``text``, labels, ``token_counts``), in dataset order."""
-
-    @property
-    def example_fields(self) -> list[str]:
-        return list(self.metadata.get("example_fields", []))
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.path!r}, n_examples={self.n_examples}, layers={self.layers})"
+        if world_size > 1 and not self.supports_concurrent_writers:
+            raise ConfigError(
+                f"{type(self).__name__} takes one writer at a time and this run has {world_size} processes; "
+                "use the zarr storage (storage=zarr) for multi-process runs."
+            )
+        run_id = run_id or new_run_id()
+        path = self.run_path(run_id)
+        meta = {**dict(metadata or {}), "storage": (metadata or {}).get("storage", self.describe())}
+        if rank == 0:
+            return create_or_resume(self, run_id, path, meta, resume=resume, layout=layout, share=share,
+                                    row_starts=row_starts, token_counts=token_counts, world_size=world_size,
+                                    check=metadata is not None)
+        return join_run(self, run_id, path, rank=rank, world_size=world_size, share=share, row_starts=row_starts,
+                        token_counts=token_counts)
 
 
-def open_run(path: str | os.PathLike[str], run_id: str | None = None, *, allow_partial: bool = False) -> RunReader:
+def open_run(path: str | os.PathLike[str], run_id: str | None = None, *, allow_partial: bool = False) -> Any:
     """Open a stored run for reading: ``open_run(run.path)`` or ``open_run(root, run_id)``.
 
-    The backend (Zarr, HDF5, NPZ) is recognized from the files; ``path`` may be an fsspec URL for
-    Zarr. A run that never completed is refused with a message that says how to finish it, unless
-    ``allow_partial=True``, which reads the finished examples only (and says how many).
+    The backend is recognized from the files; ``path`` may be an fsspec URL for Zarr. A run that never
+    completed is refused with a message that says how to finish it, unless ``allow_partial=True``,
+    which reads the finished examples only (and says how many). Returns a `probing.RunReader`
+    (a context manager: ``with open_run(p) as r: ...`` closes its files).
     """
-    from probing.storage.hdf5_store import is_hdf5_run, open_hdf5_run
-    from probing.storage.npz_store import is_npz_run, open_npz_run
-    from probing.storage.zarr_store import is_url, is_zarr_run, open_zarr_run, strip_file_url
+    from probing.storage.reader import RunReader
+    from probing.storage.registry import backend_of, list_runs
 
     base = strip_file_url(os.fspath(path))
     p = (f"{base.rstrip('/')}/{run_id}" if is_url(base) else str(Path(base) / run_id)) if run_id else base
-    if is_zarr_run(p):
-        return open_zarr_run(p, allow_partial)
-    if not is_url(p) and is_hdf5_run(p):
-        return open_hdf5_run(p, allow_partial)
-    if not is_url(p) and is_npz_run(p):
-        return open_npz_run(p, allow_partial)
-    q = Path(p)
-    runs = (
-        sorted(x.name for x in q.iterdir() if is_zarr_run(x) or is_hdf5_run(x) or is_npz_run(x))
-        if not is_url(p) and q.is_dir()
-        else []
-    )
+    backend = backend_of(p)
+    if backend is not None:
+        return RunReader(backend.open_existing(p), p, allow_partial=allow_partial)
+    runs = list_runs(p)
     hint = f" It holds runs: {runs}; pass one as run_id." if runs else ""
     raise FileNotFoundError(f"No probing run at {p}.{hint}")

@@ -1,27 +1,23 @@
-"""HDF5 storage (h5py): one file per run, for tools that read HDF5.
+"""HDF5 storage (h5py): one ``activations.h5`` per run, for tools that read HDF5.
 
 HDF5 files take one writer at a time (h5py without MPI), so this backend refuses multi-process
-runs; use Zarr there. Parts go to a separate ``parts.h5`` that is deleted after finalize (HDF5
-does not give back the space of deleted datasets); the run is ``activations.h5``.
+runs before compute; use Zarr there.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from probing.errors import ConfigError
-from probing.storage.base import Storage, check_can_write, check_resume, new_run_id, utc_now
-from probing.storage.chunked import ArrayIO, ChunkedRunReader, ChunkedRunWriter
-from probing.storage.zarr_store import STORAGE_DTYPES
+from probing.storage.arrays import ArrayStore, _is_str
+from probing.storage.base import Storage
 
 RUN_FILE = "activations.h5"
-PARTS_FILE = "parts.h5"
 
 
 def _h5py() -> Any:
@@ -43,113 +39,112 @@ def is_hdf5_run(path: str | Path) -> bool:
         return False
 
 
-class HDF5IO(ArrayIO):
-    """`ArrayIO` over a run's two HDF5 files (``parts/...`` paths go to ``parts.h5``)."""
+class HDF5Arrays(ArrayStore):
+    """`ArrayStore` over a run's HDF5 file. Arrays of unknown length grow as rows are written."""
 
-    def __init__(self, folder: Path, mode: str, compression: str | None = None, level: int | None = None) -> None:
+    concurrent_writers = False
+
+    def __init__(self, folder: str, mode: str, compression: str | None = None, level: int | None = None) -> None:
         h5py = _h5py()
-        self.folder = folder
-        self.mode = mode
+        self.path = folder
+        if mode != "r":
+            os.makedirs(folder, exist_ok=True)
+        self.file = h5py.File(Path(folder) / RUN_FILE, {"w": "w", "r+": "a", "r": "r"}[mode])
         self.compression = compression
         self.level = level
-        self.run = h5py.File(folder / RUN_FILE, mode)
-        parts = folder / PARTS_FILE
-        self.parts = h5py.File(parts, mode) if mode != "r" or parts.exists() else None
-
-    def _file(self, path: str) -> Any:
-        if path == "parts" or path.startswith("parts/"):
-            if self.parts is None:
-                self.parts = _h5py().File(self.folder / PARTS_FILE, "a" if self.mode != "r" else "r")
-            return self.parts
-        return self.run
-
-    def get_meta(self) -> dict[str, Any]:
-        return json.loads(self.run.attrs["probing"])
-
-    def set_meta(self, meta: Mapping[str, Any]) -> None:
-        self.run.attrs["probing"] = json.dumps(dict(meta), default=str)
-        self.run.flush()
 
     def get_attrs(self, group: str) -> dict[str, Any]:
-        f = self._file(group)
-        return {k: json.loads(v) for k, v in f[group].attrs.items()} if group in f else {}
+        node = self.file if group == "" else self.file.get(group)
+        return {} if node is None else {k: json.loads(v) for k, v in node.attrs.items()}
 
     def set_attrs(self, group: str, attrs: Mapping[str, Any]) -> None:
-        g = self._file(group).require_group(group)
+        node = self.file if group == "" else self.file.require_group(group)
+        for key in list(node.attrs):
+            if key not in attrs:
+                del node.attrs[key]
         for k, v in attrs.items():
-            g.attrs[k] = json.dumps(v, default=str)
+            node.attrs[k] = json.dumps(v, default=str)
+        self.file.flush()
 
-    def create(self, path: str, shape: tuple[int, ...], chunk_rows: int, dtype: Any, compress: bool) -> None:
-        f = self._file(path)
-        if path in f:
-            del f[path]
-        f.create_dataset(
+    def create(
+        self,
+        path: str,
+        rows: int | None,
+        shape: tuple[int, ...],
+        dtype: Any,
+        chunk_rows: int,
+        *,
+        shard_rows: int | None = None,
+        compress: bool = False,
+    ) -> None:
+        if path in self.file:
+            del self.file[path]
+        h5py = _h5py()
+        self.file.create_dataset(
             path,
-            shape=(0, *shape),
+            shape=(rows or 0, *shape),
             maxshape=(None, *shape),
-            chunks=(chunk_rows, *shape),
-            dtype=dtype,
+            chunks=(max(1, chunk_rows), *shape),
+            dtype=h5py.string_dtype() if _is_str(dtype) else dtype,
             compression=self.compression if compress else None,
             compression_opts=self.level if compress and self.compression == "gzip" else None,
         )
 
-    def append(self, path: str, data: np.ndarray) -> None:
-        ds = self._file(path)[path]
-        n = ds.shape[0]
-        ds.resize(n + len(data), axis=0)
-        ds[n:] = data
+    def write(self, path: str, start: int, data: np.ndarray) -> None:
+        if not len(data):
+            return
+        ds = self.file[path]
+        if start + len(data) > ds.shape[0]:
+            ds.resize(start + len(data), axis=0)
+        ds[start : start + len(data)] = data
 
     def read(self, path: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
-        ds = self._file(path)[path]
-        if ds.dtype.kind == "O":
+        ds = self.file[path]
+        strings = ds.dtype.kind == "O"
+        if strings:
             ds = ds.asstr()
         out = ds[:] if start is None and stop is None else ds[start:stop]
-        return np.asarray(out, dtype=object) if ds.dtype.kind == "O" else np.asarray(out)
+        return np.asarray(out, dtype=object) if strings else np.asarray(out)
+
+    def set_rows(self, path: str, rows: int) -> None:
+        self.file[path].resize(rows, axis=0)
 
     def shape(self, path: str) -> tuple[int, ...]:
-        return tuple(self._file(path)[path].shape)
+        return tuple(self.file[path].shape)
 
     def exists(self, path: str) -> bool:
-        f = self._file(path)
-        return f is not None and path in f
+        return path == "" or path in self.file
 
-    def native(self, path: str) -> Any:
-        return self._file(path)[path]
+    def _node(self, group: str) -> Any:
+        return self.file if group == "" else self.file.get(group)
 
-    def children(self, group: str) -> list[str]:
-        f = self._file(group)
-        if f is None or group not in f:
-            return []
+    def groups(self, group: str) -> list[str]:
+        node = self._node(group)
         h5py = _h5py()
-        return sorted(k for k, v in f[group].items() if isinstance(v, h5py.Group))
+        return [] if node is None else sorted(k for k, v in node.items() if isinstance(v, h5py.Group))
 
     def arrays(self, group: str) -> list[str]:
-        f = self._file(group)
-        if f is None or group not in f:
-            return []
-        return sorted(k for k, v in f[group].items() if isinstance(v, _h5py().Dataset))
+        node = self._node(group)
+        h5py = _h5py()
+        return [] if node is None else sorted(k for k, v in node.items() if isinstance(v, h5py.Dataset))
 
-    def delete(self, group: str) -> None:
-        if group == "parts":
-            if self.parts is not None:
-                self.parts.close()
-                self.parts = None
-            (self.folder / PARTS_FILE).unlink(missing_ok=True)
-        elif group in self.run:
-            del self.run[group]
+    def delete(self, path: str) -> None:
+        if path in self.file:
+            del self.file[path]
 
-    def ensure_group(self, group: str) -> None:
-        self._file(group).require_group(group)
+    def chunk_rows(self, path: str) -> int:
+        chunks = self.file[path].chunks
+        return int(chunks[0]) if chunks else max(1, int(self.file[path].shape[0]))
 
-    def write_strings(self, path: str, values: Sequence[str]) -> None:
-        if path in self.run:
-            del self.run[path]
-        self.run.create_dataset(path, data=np.asarray(list(values), dtype=object), dtype=_h5py().string_dtype())
+    def native(self, path: str) -> Any:
+        return self.file[path]
+
+    def stored_bytes(self, path: str) -> int | None:
+        return int(self.file[path].id.get_storage_size())
 
     def close(self) -> None:
-        for f in (self.parts, self.run):
-            if f is not None:
-                f.close()
+        if self.file.id.valid:
+            self.file.close()
 
 
 class HDF5Storage(Storage):
@@ -157,9 +152,11 @@ class HDF5Storage(Storage):
 
     Args:
         dtype: ``float32`` or ``float16``.
+        chunk_rows: rows per chunk (default about 2 MiB).
         compression: None (default) or ``gzip`` / ``lzf``.
     """
 
+    name = "hdf5"
     supports_concurrent_writers = False
 
     def __init__(
@@ -170,98 +167,31 @@ class HDF5Storage(Storage):
         chunk_rows: int | None = None,
         compression: str | None = None,
         compression_level: int | None = None,
-        merge_block_bytes: int = 64 * 2**20,
     ) -> None:
-        super().__init__(root)
-        if "://" in str(root):
-            raise ConfigError("The HDF5 storage writes local files only; use zarr for URLs.")
-        if dtype not in STORAGE_DTYPES:
-            raise ConfigError(f"Storage dtype {dtype!r} is not supported; expected one of {STORAGE_DTYPES}.")
+        from probing.errors import ConfigError
+
+        super().__init__(root, dtype=dtype, chunk_rows=chunk_rows)
         if compression not in (None, "none", "gzip", "lzf"):
             raise ConfigError(f"HDF5 compression {compression!r}: expected none, gzip or lzf.")
         _h5py()
-        self.dtype = np.dtype(dtype)
-        self.chunk_rows = chunk_rows
         self.compression = None if compression in (None, "none") else compression
         self.compression_level = compression_level
-        self.merge_block_bytes = merge_block_bytes
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "backend": "hdf5",
-            "dtype": str(self.dtype),
-            "chunk_rows": self.chunk_rows,
-            "compression": self.compression,
-        }
+        return {"backend": self.name, "dtype": str(self.dtype), "chunk_rows": self.chunk_rows,
+                "compression": self.compression}
 
-    def open_run(
-        self,
-        run_id: str | None = None,
-        *,
-        metadata: Mapping[str, Any] | None = None,
-        rank: int = 0,
-        world_size: int = 1,
-        resume: bool = False,
-    ) -> ChunkedRunWriter:
-        if world_size > 1:
-            raise ConfigError("HDF5 takes one writer at a time; use the zarr storage for multi-process runs.")
-        run_id = run_id or new_run_id()
-        folder = Path(self.run_path(run_id))
-        meta = dict(metadata or {})
-        meta.setdefault("storage", self.describe())
-        if is_hdf5_run(folder):
-            io = HDF5IO(folder, "a", self.compression, self.compression_level)
-            old = io.get_meta()
-            try:
-                check_can_write(str(folder), bool(old.get("completed")), resume)
-                if metadata is not None:
-                    check_resume(old, meta)
-            except Exception:
-                io.close()
-                raise
-            old["attempts"] = int(old.get("attempts", 0)) + 1
-            io.set_meta(old)
-            meta = old
-        else:
-            if folder.exists() and any(folder.iterdir()):
-                raise ConfigError(f"{folder} exists and is not a probing run; choose another run_id or folder.")
-            os.makedirs(folder, exist_ok=True)
-            io = HDF5IO(folder, "a", self.compression, self.compression_level)
-            meta.update(run_id=run_id, completed=False, attempts=0, created=meta.get("created", utc_now()))
-            io.set_meta(meta)
-        return _ClosingWriter(
-            io,
-            run_id,
-            str(folder),
-            meta,
-            rank=rank,
-            world_size=world_size,
-            dtype=self.dtype,
-            chunk_rows=self.chunk_rows,
-            compress=self.compression is not None,
-            merge_block_bytes=self.merge_block_bytes,
-        )
+    @property
+    def compress(self) -> bool:
+        return self.compression is not None
 
+    def open_store(self, path: str, mode: str) -> HDF5Arrays:
+        return HDF5Arrays(path, mode, self.compression, self.compression_level)
 
-class _ClosingWriter(ChunkedRunWriter):
-    """Closes the HDF5 files after finalize (other readers may then open them)."""
+    @staticmethod
+    def detect(path: str) -> bool:
+        return is_hdf5_run(path)
 
-    def finalize(
-        self, example_metadata: Mapping[str, Sequence[Any]] | None = None, *, stats: Mapping[str, Any] | None = None
-    ) -> dict[str, Any]:
-        try:
-            return super().finalize(example_metadata, stats=stats)
-        finally:
-            self.io.close()
-
-    def close(self) -> None:
-        super().close()
-        io = self.io
-        assert isinstance(io, HDF5IO)
-        for f in (io.parts, io.run):
-            if f is not None and f.id.valid:
-                f.flush()
-
-
-def open_hdf5_run(path: str, allow_partial: bool = False) -> ChunkedRunReader:
-    return ChunkedRunReader(HDF5IO(Path(path), "r"), path, allow_partial)
+    @staticmethod
+    def open_existing(path: str) -> HDF5Arrays:
+        return HDF5Arrays(path, "r")

@@ -32,13 +32,13 @@ class RunDataset(Dataset[dict[str, torch.Tensor]]):
         if stop <= (block + 1) * self.block_rows:
             if cached is None or cached[0] != block:
                 path = f"layers/{layer}"
-                total = self.reader.io.shape(path)[0]
+                total = self.reader.store.shape(path)[0]
                 lo = block * self.block_rows
-                cached = (block, self.reader.io.read(path, lo, min(total, lo + self.block_rows)))
+                cached = (block, self.reader.store.read(path, lo, min(total, lo + self.block_rows)))
                 self._cache[layer] = cached
             lo = block * self.block_rows
             return cached[1][start - lo : stop - lo]
-        return self.reader.io.read(f"layers/{layer}", start, stop)  # an example longer than a block
+        return self.reader.store.read(f"layers/{layer}", start, stop)  # an example longer than a block
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not 0 <= index < len(self):
