@@ -57,7 +57,7 @@ def test_a_rank_streams_its_share_window_by_window_and_skips_done_ids(tiny_model
     seen = [window_of[int(i)] for i in ids]
     assert seen == sorted(seen)
     for b in batches:
-        for i, text in zip(b["example_ids"].tolist(), b["columns"]["text"], strict=True):
+        for i, text in zip(b["example_ids"].tolist(), b["columns"].values["text"], strict=True):
             assert text == texts[i]
         lengths = b["attention_mask"].sum(1).tolist()
         assert lengths == sorted(lengths, reverse=True)

@@ -30,6 +30,22 @@ from probing.errors import DatasetError
 from probing.storage.ranges import Ranges
 
 
+class Carried:
+    """Values a batch carries to the writer untouched (metadata fields): Lightning and the DataLoader
+    move and convert what a batch holds element by element, which for lists of strings costs about as
+    much as a tiny model's forward pass; an object of this class is passed along as it is."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: dict[str, list[Any]]) -> None:
+        self.values = values
+
+
+def as_is(batch: Any) -> Any:
+    """The DataLoader's collate function: a `BatchStream` yields whole batches."""
+    return batch
+
+
 class BatchStream(IterableDataset[dict[str, Any]]):
     """The batches of one rank.
 
@@ -167,10 +183,11 @@ class BatchStream(IterableDataset[dict[str, Any]]):
                               max_tokens_per_batch=self.max_tokens_per_batch):
             batch: dict[str, Any] = pad_batch(tokens, index[b], self.tokenizer)
             batch["example_ids"] = torch.from_numpy(ids[b])
-            batch["columns"] = {f: [values[f][i] for i in b] for f in self.example_fields}
+            batch["columns"] = Carried({f: [values[f][i] for i in b] for f in self.example_fields})
             if self.row_fields:
                 assert rows is not None
-                batch["row_columns"] = self._row_values(ids[b], [values[f] for f in self.row_fields], b, rows[b])
+                lists = [values[f] for f in self.row_fields]
+                batch["row_columns"] = Carried(self._row_values(ids[b], lists, b, rows[b]))
             batch["n_tokenized"] = tokenized
             tokenized = 0
             if seen is not None:

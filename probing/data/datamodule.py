@@ -16,7 +16,7 @@ import lightning.pytorch as pl
 import numpy as np
 from torch.utils.data import DataLoader
 
-from probing.data.batches import BatchStream
+from probing.data.batches import BatchStream, as_is
 from probing.data.batching import shard_range
 from probing.data.encoded import EncodedRange, encode_range
 from probing.data.sources import TextDataset, TextStream
@@ -150,4 +150,5 @@ class ExtractionDataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> DataLoader[Any]:
         if self.stream is None:
             self.stream = self.batch_stream()
-        return DataLoader(self.stream, batch_size=None, num_workers=self.num_workers, persistent_workers=False)
+        return DataLoader(self.stream, batch_size=None, collate_fn=as_is, num_workers=self.num_workers,
+                          persistent_workers=False)

@@ -210,11 +210,11 @@ class RunWriterCallback(BasePredictionWriter):
         ids = prediction["example_ids"].cpu().numpy()
         counts = prediction["token_counts"].cpu().numpy()
         acts = {k: v.detach().float().cpu().numpy() for k, v in prediction["activations"].items()}
-        meta: dict[str, Any] = {"example_ids": ids, "token_counts": counts, "columns": batch.get("columns")}
+        meta: dict[str, Any] = {"example_ids": ids, "token_counts": counts, "columns": _carried(batch, "columns")}
         if prediction.get("row_counts") is not None:
             meta["row_counts"] = prediction["row_counts"].cpu().numpy()
             meta["row_fields"] = {k: v.cpu().numpy() for k, v in prediction["row_fields"].items()}
-            meta["row_columns"] = batch.get("row_columns")
+            meta["row_columns"] = _carried(batch, "row_columns")
         if self._error is not None:
             self._drain()
         if self._thread is not None:
@@ -295,6 +295,11 @@ class RunWriterCallback(BasePredictionWriter):
                 self._record(f"stopped: {type(exception).__name__}")
             except Exception:  # noqa: BLE001 - do not mask the original error
                 log.exception("could not write the run's rows after an error")
+
+
+def _carried(batch: Any, key: str) -> dict[str, list[Any]] | None:
+    value = batch.get(key)
+    return value.values if value is not None else None
 
 
 def check_writers(storage: Storage, world: int) -> None:
