@@ -118,6 +118,9 @@ def make_layout(
     """A layout with chunks of about `CHUNK_BYTES` of the widest layer (or ``chunk_rows``)."""
     widest = max((int(np.prod(s)) for s in layers.values()), default=1)
     chunk = rows_per_chunk(widest * itemsize, chunk_rows)
+    rows = total_rows if ragged else n_examples
+    if rows is not None and chunk_rows is None:
+        chunk = max(1, min(chunk, rows))  # zarr stores an edge chunk at full size: no chunk longer than the run
     write = chunk * (shard_chunks or 1)
     return RunLayout(
         n_examples=n_examples,
