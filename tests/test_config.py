@@ -1,47 +1,98 @@
-"""Every config group option composes (Hydra compose API), as the lightning-hydra-template tests do."""
+"""The typed configuration: every group option composes from the schema (Hydra's compose API, as the
+lightning-hydra-template tests do), builds its objects, and bad keys, types and values are one clear
+error before anything heavy is imported."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import subprocess
+import sys
 
 import pytest
-from hydra import compose, initialize_config_module
-from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import OmegaConf
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = {
-    g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in CONF.iterdir() if g.is_dir() and g.name != "__pycache__"
-}
-
-
-def _compose(overrides: list[str]):  # type: ignore[no-untyped-def]
-    with initialize_config_module("probing.conf", version_base="1.3"):
-        return compose("config", overrides=overrides)
+from probing.cli import compose_config, to_job
+from probing.config import Config, group_options
+from probing.errors import ConfigError
 
 
 def test_default_config_is_the_embedded_job():
-    cfg = _compose([])
-    assert cfg.model.name_or_path == "sentence-transformers/all-MiniLM-L6-v2"
-    assert cfg.model.dtype == "float32" and cfg.strategy.name == "mean" and cfg.layers == "all"
-    assert cfg.data.source == "builtin" and cfg.storage.backend == "zarr" and cfg.trainer.accelerator == "cpu"
+    job = to_job(compose_config([]))
+    assert isinstance(job, Config)
+    assert job.model.name_or_path == "sentence-transformers/all-MiniLM-L6-v2" and job.model.dtype == "float32"
+    assert job.strategy._target_.endswith("MeanStrategy") and job.layers == "all"
+    assert job.data.source == "builtin" and job.storage.backend == "zarr" and job.trainer.accelerator == "cpu"
+    assert job.data.max_length is None  # the model's own limit, capped at 512: the same default as the Python API
 
 
-@pytest.mark.parametrize(("group", "option"), [(g, o) for g, opts in GROUPS.items() for o in opts])
-def test_every_option_composes(group, option):
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g, opts in group_options().items() for o in opts])
+def test_every_option_composes_and_builds(group, option, tmp_path):
+    from hydra.utils import instantiate
+
     plus = "+" if group in ("model", "strategy") else ""
-    cfg = _compose([f"{plus}{group}={option}"])
-    assert cfg[group] is not None
+    cfg = compose_config([f"{plus}{group}={option}"])
+    job = to_job(cfg)
+    assert getattr(job, group) is not None
     if group == "model":
-        assert cfg.model.dtype == "float32"  # defaults live in config.yaml, options override only what differs
+        assert job.model.dtype == "float32"  # defaults live in the schema, options override only what differs
+    if group == "strategy":
+        assert type(instantiate(cfg.strategy)).__module__ == "probing.strategies"
+    if group == "storage":
+        assert instantiate(cfg.storage, root=str(tmp_path)).name == option
 
 
-def test_card_command_composes():
-    cfg = _compose(["+model=distilbert", "+strategy=mean"])
-    assert cfg.model.name_or_path == "distilbert-base-uncased" and cfg.strategy.name == "mean"
+def test_the_cards_command_composes():
+    job = to_job(compose_config(["+model=distilbert", "+strategy=mean"]))
+    assert job.model.name_or_path == "distilbert-base-uncased" and job.strategy._target_.endswith("MeanStrategy")
 
 
-def test_wrong_option_lists_valid_choices():
-    with pytest.raises(MissingConfigException, match=r"(?s)Available options in 'model'.*distilbert"):
-        _compose(["+model=distilbertt"])
-    with pytest.raises(ConfigCompositionException):
-        _compose(["nonexistent_key=1"])
+def test_options_of_a_group_option_are_typed(tmp_path):
+    job = to_job(compose_config(["+strategy=cls_pooler", "data=files", "data.path=[a.csv,b.csv]", "storage=hdf5",
+                                 "storage.compression=gzip", "data.split_map={dev: train}"]))
+    assert job.strategy.use_pooler is True and job.data.paths() == ["a.csv", "b.csv"]
+    assert job.storage.compression == "gzip" and job.data.split_map == {"dev": "train"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["data.limt=5"], r"unknown option 'data.limt'.*Did you mean: 'limit'.*max_length"),
+        (["+modle=gpt2"], r"unknown option 'modle'.*Did you mean: 'model'"),
+        (["+model=gpt3"], r"Available options in 'model'.*gpt2"),
+        (["data=filez"], r"Available options in 'data'.*files"),
+        (["+data.foo=1"], r"unknown option 'data.foo'"),
+        (["data.batch_size=abc"], r"data.batch_size.*'abc'.*Integer"),
+        (["+strategy=cls", "strategy.use_pooler=maybe"], r"strategy.use_pooler.*'maybe'.*bool"),
+        (["storage.dtype=bf16"], r"storage.dtype='bf16': expected one of float32, float16"),
+        (["model.padding_side=middle"], r"model.padding_side='middle': expected one of null, left, right"),
+        (["+strategy=words", "strategy.pool=median"], r"strategy.pool='median': expected one of first, last, mean"),
+        (["data.batch_size=0"], r"data.batch_size=0: expected a number >= 1"),
+        (["probe.dev_fraction=1.5"], r"probe.dev_fraction=1.5"),
+        (["progress=sometimes"], r"progress='sometimes'"),
+    ],
+)
+def test_bad_keys_types_and_values_name_the_key_the_value_and_what_is_allowed(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        to_job(compose_config(overrides))
+
+
+def test_the_schema_is_checked_before_torch_lightning_or_datasets_is_imported():
+    code = (
+        "import sys\nfrom probing.cli import compose_config, to_job\n"
+        "try:\n    to_job(compose_config(['storage.dtype=bf16']))\n"
+        "except Exception as e:\n    print(type(e).__name__)\n"
+        "print(sorted(m for m in ('torch', 'lightning', 'datasets', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["ConfigError", "[]"]
+
+
+def test_every_option_has_one_default_in_the_schema():
+    cfg = compose_config([])
+    assert OmegaConf.to_container(cfg.probe)["c_grid"] == [0.001, 0.01, 0.1, 1.0, 10.0]
+    from pathlib import Path
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    # the YAML only lists the defaults: no option of a group is defined in a file any more
+    assert sorted(p.relative_to(conf).as_posix() for p in conf.rglob("*.yaml")) == [
+        "config.yaml", "hydra/launcher/submitit_slurm.yaml"
+    ]

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 from cli_helpers import cli, run_path
 
 from probing import ZarrStorage, open_run
@@ -35,8 +34,6 @@ from probing.probes import (
     probe_main,
     probe_run,
 )
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 class MemoryReader:
@@ -370,16 +367,20 @@ def _zarr_run(root: Path, reader: MemoryReader, run_id: str, strategy: str) -> s
 def test_report_files_are_written_into_the_run_and_load_back(tmp_path):
     path = _zarr_run(tmp_path, planted(n=200), "planted", "mean")
     report = probe_run(path, method="both")
+    again = probe_run(path, method="both")  # a second invocation writes its own report, beside the first
     out = Path(path) / "probes"
     assert set(report.files) == {"csv", "json", "png"}
     names = {Path(p).name for p in report.files.values()}
     assert names == {f"probes_sklearn+torch.{ext}" for ext in ("csv", "json", "png")}
     for p in report.files.values():
-        assert Path(p).parent == out and Path(p).stat().st_size > 0
+        assert Path(p).parent.parent == out and Path(p).stat().st_size > 0
+    assert Path(again.files["csv"]).parent != Path(report.files["csv"]).parent
+    assert Path(report.files["csv"]).exists() and len(list(out.iterdir())) == 2
     png = Path(report.files["png"]).read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
     lines = Path(report.files["csv"]).read_text().splitlines()
     assert lines[0].startswith("run,model,strategy,layer,layer_index,label,method,accuracy,ci_low,ci_high,macro_f1")
+    assert {row.split(",")[4] for row in lines[1:]} == {""}  # modules of no block: no model layer index
     assert len(lines) == 1 + 2 * 2 * 2  # layers x labels x methods
     loaded = load_report(report.files["json"])
     assert len(loaded.rows()) == 8 and loaded.settings == report.settings
@@ -389,6 +390,52 @@ def test_report_files_are_written_into_the_run_and_load_back(tmp_path):
     data = json.loads(Path(report.files["json"]).read_text())
     assert data["schemes"]["label"].startswith("split field 'split'") and data["settings"]["control_field"] == "text"
     assert open_run(path).completed  # the run is still readable
+    with pytest.raises(ProbingError, match="not replaced"):  # an explicit folder holding a report is refused
+        probe_run(path, method="both", out_dir=Path(report.files["csv"]).parent)
+    probe_run(path, method="both", out_dir=Path(report.files["csv"]).parent, overwrite=True)
+
+
+def _figure_of(monkeypatch):  # type: ignore[no-untyped-def]
+    """Capture the matplotlib figure plot_reports saves."""
+    from matplotlib.figure import Figure
+
+    figures = []
+    save = Figure.savefig
+
+    def keep(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        figures.append(self)
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    return figures
+
+
+@pytest.mark.parametrize("n_layers", [1, 2])
+def test_plots_fit_their_title_and_legend_and_list_only_what_they_draw(tmp_path, monkeypatch, n_layers):
+    figures = _figure_of(monkeypatch)
+    reader = planted()
+    if n_layers == 1:  # a multirun job with layers=1: one point per line
+        reader._layers.pop("noise")
+        reader.metadata["layers"] = ["signal"]
+    report = probe_run(reader, label_fields=["label"], write=False)
+    plot_reports([report], tmp_path / "one.png")
+    fig = figures[-1]
+    fig.canvas.draw()
+    box = fig.bbox
+    title = fig._suptitle.get_window_extent()
+    assert box.x0 <= title.x0 and title.x1 <= box.x1  # the title is not clipped
+    legend = fig.legends[0]
+    ext = legend.get_window_extent()
+    assert box.x0 <= ext.x0 and ext.x1 <= box.x1 and box.y0 <= ext.y0
+    entries = [t.get_text() for t in legend.get_texts()]
+    ax = fig.axes[0]
+    if n_layers == 1:
+        assert "95% CI (bar)" in entries and ax.containers  # drawn as an error bar
+        control = [ln for ln in ax.lines if ln.get_linestyle() == ":" or ln.get_marker() == "x"]
+        assert control and control[0].get_marker() == "x"  # the control task is a visible marker
+    else:
+        assert "95% CI" in entries and ax.collections  # a band
+    assert "control task" in entries and "majority baseline" in entries
 
 
 def test_format_table_and_comparison_plot(tmp_path):
@@ -402,13 +449,21 @@ def test_format_table_and_comparison_plot(tmp_path):
     assert path.stat().st_size > 20_000
 
 
-def test_probe_config_keys_are_probe_run_arguments_with_the_same_defaults():
-    cfg = yaml.safe_load((CONF / "probe" / "default.yaml").read_text())
+def test_probe_defaults_are_defined_once_for_the_api_the_config_and_the_command():
+    from dataclasses import asdict
+
+    from probing.config import ProbeConfig
+    from probing.probes.cli import _parser
+
+    defaults = asdict(ProbeConfig())
     params = inspect.signature(probe_run).parameters
-    assert set(cfg) <= set(params) - {"path_or_reader"}
-    for key, value in cfg.items():
+    assert set(defaults) <= set(params) - {"path_or_reader"}
+    for key, value in defaults.items():
         default = params[key].default
         assert value == (list(default) if isinstance(default, tuple) else default), key
+    args = vars(_parser().parse_args(["run"]))
+    for key in ("method", "split_field", "k_folds", "seed", "n_bootstrap", "search_rows", "max_rows"):
+        assert args[key] == defaults[key], key
 
 
 def test_import_probing_probes_loads_no_heavy_library():
@@ -434,7 +489,10 @@ def test_probe_main_end_to_end_on_the_builtin_dataset(builtin_run, capsys):
     out = capsys.readouterr().out
     assert "sklearn" in out and "torch" in out and "blocks.5" in out and "majority" in out
     assert "probes: wrote" in out
-    report = load_report(builtin_run / "probes" / "probes_sklearn+torch.json")
+    [report_file] = (builtin_run / "probes").glob("*/probes_sklearn+torch.json")
+    report = load_report(report_file)
+    # layer_index is the model's layer, as transformers counts hidden_states: embeddings 0, block i is i + 1
+    assert [r.layer_index for r in report.results if r.label == "tense" and r.method == "torch"] == list(range(7))
     assert report.layers == ["embeddings", *(f"blocks.{i}" for i in range(6))]
     for method in ("sklearn", "torch"):
         # tense is marked by the verb form and an adverb: every layer finds it well above the majority

@@ -122,3 +122,7 @@ def test_every_backend_dtype_and_mode_round_trips(tmp_path, tiny_models, sentenc
     assert list(xa.coords["layer"].values) == ["embeddings", "blocks.3"]
     if mode == "pooled":
         assert list(xa.coords["label"].values) == [d["label"] for d in data]
+    else:  # token-level runs store each row's token as a string beside its id
+        ids = r.row_metadata("token_id")
+        assert list(r.row_metadata("token")) == model.tokenizer.convert_ids_to_tokens(ids.tolist())
+        assert "token" in xa.coords

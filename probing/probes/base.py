@@ -15,10 +15,11 @@ from typing import Protocol
 
 import numpy as np
 
+from probing.config import ProbeConfig
 from probing.probes.data import Fold
 
 #: inverse L2 strengths tried on the dev part (sklearn's ``C``: loss = C * sum(CE) + |W|^2 / 2)
-C_GRID: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0, 10.0)
+C_GRID: tuple[float, ...] = tuple(ProbeConfig().c_grid)
 #: the grid is walked from strong to weak regularization and a layer's walk stops after this many
 #: values in a row score below its best dev accuracy: weak regularization is the slowest to fit, and
 #: past the peak it only loses (two, not one: dev accuracy on small dev parts is noisy)

@@ -9,42 +9,48 @@ from __future__ import annotations
 import argparse
 import sys
 
-from probing.probes.metrics import N_BOOTSTRAP
-from probing.probes.run import MAX_ROWS, SEARCH_ROWS
+from probing.config import ProbeConfig
+
+D = ProbeConfig()  # the defaults: defined once, in probing.config
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m probing probe",
         description="Train linear probes on every layer of a stored run, with majority baseline, control task "
-        "(selectivity) and bootstrap CIs; writes CSV, JSON and a PNG plot (default: <run>/probes/).",
+        "(selectivity) and bootstrap CIs; writes CSV, JSON and a PNG plot (default: a new folder under <run>/probes/).",
     )
     p.add_argument("run", help="run folder, as printed by `python -m probing` (run: <path>)")
     p.add_argument("--labels", default=None, help="label fields, comma-separated (default: every label-like field)")
-    p.add_argument("--method", default="sklearn", help="sklearn, torch or both (default: sklearn)")
+    p.add_argument("--method", default=D.method, help=f"sklearn, torch or both (default: {D.method})")
     p.add_argument("--out", default=None, help="output folder (default: <run>/probes)")
     p.add_argument("--layers", default=None, help="layers, comma-separated: embeddings, 0, -1, blocks.3 (default: all)")
-    p.add_argument("--split-field", default="split", help="train/test field; 'none' for k-fold CV (default: split)")
+    p.add_argument("--split-field", default=D.split_field,
+                   help=f"train/test field; 'none' for k-fold CV (default: {D.split_field})")
     p.add_argument("--group-field", default=None, help="rows of one group never straddle a split (e.g. sentence_id)")
     p.add_argument(
         "--control-field", default=None, help="type field of the control task; 'none' to skip (default: auto)"
     )
-    p.add_argument("--k-folds", type=int, default=5, help="folds when there is no split field (default: 5)")
-    p.add_argument("--seed", type=int, default=0, help="seed of folds, control labels and bootstrap (default: 0)")
-    p.add_argument("--n-bootstrap", type=int, default=N_BOOTSTRAP, help=f"bootstrap resamples (default: {N_BOOTSTRAP})")
+    p.add_argument("--k-folds", type=int, default=D.k_folds,
+                   help=f"folds when there is no split field (default: {D.k_folds})")
+    p.add_argument("--seed", type=int, default=D.seed,
+                   help=f"seed of folds, control labels, bootstrap (default: {D.seed})")
+    p.add_argument("--n-bootstrap", type=int, default=D.n_bootstrap,
+                   help=f"bootstrap resamples (default: {D.n_bootstrap})")
     p.add_argument(
         "--search-rows",
         type=lambda v: None if v.lower() in ("none", "all") else int(v),
-        default=SEARCH_ROWS,
-        help=f"most fit and dev rows used to choose C; 'all' for every row (default: {SEARCH_ROWS})",
+        default=D.search_rows,
+        help=f"most fit and dev rows used to choose C; 'all' for every row (default: {D.search_rows})",
     )
     p.add_argument(
         "--max-rows",
         type=lambda v: None if v.lower() in ("none", "all") else int(v),
-        default=MAX_ROWS,
+        default=D.max_rows,
         help="most rows probed (a larger run: a stratified sample, printed); 'all' for every row "
-        f"(default: {MAX_ROWS})",
+        f"(default: {D.max_rows})",
     )
+    p.add_argument("--overwrite", action="store_true", help="replace a report already in --out")
     p.add_argument("--no-write", action="store_true", help="only print the table")
     return p
 
@@ -78,6 +84,7 @@ def probe_main(argv: list[str]) -> int:
             search_rows=args.search_rows,
             max_rows=args.max_rows,
             write=not args.no_write,
+            overwrite=args.overwrite,
         )
     except (ProbingError, FileNotFoundError) as exc:
         print(f"probing: error: {exc}", file=sys.stderr)

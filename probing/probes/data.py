@@ -137,7 +137,26 @@ def encode_labels(values: Sequence[Any] | np.ndarray, field: str) -> Labels:
 
 
 def load_labels(reader: RunReader, field: str) -> Labels:
-    """The integer-coded labels of ``field`` in ``reader``."""
+    """The integer-coded labels of ``field`` in ``reader``; a field of mixed value types, or with rows
+    without a value, is refused (its classes would be ``'None'``, ``'1'`` and ``1`` side by side)."""
+    raw = reader.example_metadata(field) if field in reader.example_fields else None
+    column = getattr(reader, "column", None)  # readers of stored runs know how a field is stored
+    col = column(field) if column is not None else None
+    if raw is not None and col is not None and (col.kind == "json" or col.nullable):
+        if isinstance(raw, np.ma.MaskedArray):
+            mask = np.ma.getmaskarray(raw).tolist()
+            values = [None if m else v for v, m in zip(raw.data.tolist(), mask, strict=True)]
+        else:
+            values = list(raw.tolist())
+        kinds = sorted({"None" if v is None else type(v).__name__ for v in values})
+        missing = [i for i, v in enumerate(values) if v is None]
+        if len(kinds) > 1 or col.kind == "json":
+            where = f"; rows without a value: {len(missing)} (first ids {missing[:5]})" if missing else ""
+            raise ProbingError(
+                f"Label {field!r} mixes value types ({', '.join(kinds)}){where}: a probe would treat 1, '1' and "
+                "None as different classes. Store one type per label field (e.g. all str), and fill or drop the "
+                "rows without a value."
+            )
     return encode_labels(field_values(reader, field, "Label field"), field)
 
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from probing.config import ProbeConfig
 from probing.errors import ConfigError
 
-N_BOOTSTRAP = 1000
+N_BOOTSTRAP = ProbeConfig.n_bootstrap
 CI_LEVEL = 0.95
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -98,10 +99,12 @@ def plot_reports(
     ncols = len(labels) if len(labels) <= 3 else 2 if len(labels) == 4 else 3
     nrows = math.ceil(len(labels) / ncols)
     longest = max((r.layers for r in reports), key=len)
-    fig = Figure(figsize=(max(4.0, 0.35 * len(longest) + 2.2) * ncols, 3.4 * nrows + 0.9), dpi=110)
+    width = max(5.0, (0.35 * len(longest) + 2.2) * ncols)
+    fig = Figure(figsize=(width, 3.4 * nrows + 1.2), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False, sharey=False)
     has_control = False
+    single = len(longest) == 1  # one point per line: CIs are error bars, the control task a marker
     for k, label in enumerate(labels):
         ax = axes[k // ncols][k % ncols]
         lows: list[float] = []
@@ -113,12 +116,17 @@ def plot_reports(
                 continue
             res = [rows[rep.layers[i]] for i in xs]
             acc = np.array([r.accuracy for r in res])
-            ax.fill_between(xs, [r.ci_low for r in res], [r.ci_high for r in res], color=color, alpha=0.2, lw=0)
-            ax.plot(xs, acc, color=color, marker=MARKERS.get(method, "o"), ms=4, lw=1.5)
+            low_ci, high_ci = np.array([r.ci_low for r in res]), np.array([r.ci_high for r in res])
+            if single:
+                ax.errorbar(xs, acc, yerr=[acc - low_ci, high_ci - acc], color=color, marker=MARKERS.get(method, "o"),
+                            ms=5, lw=1.5, capsize=4)
+            else:
+                ax.fill_between(xs, low_ci, high_ci, color=color, alpha=0.2, lw=0)
+                ax.plot(xs, acc, color=color, marker=MARKERS.get(method, "o"), ms=4, lw=1.5)
             control = np.array([r.control_accuracy for r in res])
             if np.isfinite(control).any():
                 has_control = True
-                ax.plot(xs, control, color=color, ls=":", lw=1.2, alpha=0.8)
+                ax.plot(xs, control, color=color, ls=":", lw=1.2, alpha=0.8, marker="x" if single else None, ms=6)
                 lows.extend(control[np.isfinite(control)].tolist())
             majorities.add(round(res[0].majority, 6))
             lows.extend([r.ci_low for r in res])
@@ -143,13 +151,19 @@ def plot_reports(
         Line2D([], [], color=c, marker=MARKERS.get(method, "o"), ms=4, lw=1.5, label=name or method)
         for (_rep, method, name), c in zip(series, colors, strict=True)
     ]
-    handles.append(Line2D([], [], color="0.3", lw=6, alpha=0.25, label="95% CI"))
+    if single:
+        handles.append(Line2D([], [], color="0.3", marker="|", ms=10, lw=0, label="95% CI (bar)"))
+    else:
+        handles.append(Line2D([], [], color="0.3", lw=6, alpha=0.25, label="95% CI"))
     if has_control:
-        handles.append(Line2D([], [], color="0.3", ls=":", lw=1.2, label="control task"))
+        handles.append(Line2D([], [], color="0.3", ls=":" if not single else "", marker="x" if single else None,
+                              lw=1.2, label="control task"))
     handles.append(Line2D([], [], color="0.45", ls="--", lw=1.1, label="majority baseline"))
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
-    fig.suptitle(title or default_title(reports), fontsize=11)
-    fig.tight_layout(rect=(0, 0.45 / fig.get_figheight(), 1, 1))
+    per_row = max(1, int(width * 110 / 150))  # legend entries that fit one row of this width
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), per_row), fontsize=8,
+               frameon=False)
+    text = title or default_title(reports)
+    fig.suptitle(textwrap.fill(text, max(30, int(width * 11))), fontsize=11)
     p = Path(path)
     fig.savefig(p, format="png")
     return p

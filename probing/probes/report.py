@@ -47,12 +47,36 @@ def report_stem(report: ProbeReport) -> str:
     return "probes_" + "+".join(report.methods)
 
 
-def write_report(report: ProbeReport, out_dir: str | os.PathLike[str], *, plot: bool = True) -> dict[str, str]:
-    """Write CSV, JSON and (unless ``plot`` is False) PNG into ``out_dir``; record and return their paths."""
+def new_report_dir(probes_dir: str | os.PathLike[str], methods: list[str]) -> Path:
+    """A fresh folder for one probe invocation: ``<probes dir>/<UTC time>-<methods>`` (never an existing one)."""
+    import datetime as dt
+
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    base = Path(probes_dir) / f"{stamp}-{'+'.join(methods)}"
+    out, k = base, 1
+    while out.exists():
+        k += 1
+        out = base.with_name(f"{base.name}-{k}")
+    return out
+
+
+def write_report(
+    report: ProbeReport, out_dir: str | os.PathLike[str], *, plot: bool = True, overwrite: bool = False
+) -> dict[str, str]:
+    """Write CSV, JSON and (unless ``plot`` is False) PNG into ``out_dir``; record and return their paths.
+
+    A report already in ``out_dir`` is never replaced silently: it is refused unless ``overwrite``."""
     from probing.probes.plot import plot_reports
 
     out = Path(out_dir)
     stem = report_stem(report)
+    existing = [p.name for p in (out / f"{stem}.{ext}" for ext in ("csv", "json", "png")) if p.exists()]
+    if existing and not overwrite:
+        raise ProbingError(
+            f"{out} already holds a report ({', '.join(existing)}); it is not replaced. Write elsewhere (out_dir / "
+            "--out; by default every probe writes its own folder under <run>/probes/), or pass overwrite=True "
+            "(--overwrite)."
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
         files = {"csv": str(write_csv(report, out / f"{stem}.csv"))}

@@ -32,7 +32,7 @@ class ProbeResult:
     model: str
     strategy: str
     layer: str
-    layer_index: int
+    layer_index: int | None
     label: str
     method: str
     accuracy: float

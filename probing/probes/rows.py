@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from probing.storage.layout import Column
 from probing.storage.reader import RunReader
 
 
@@ -52,6 +53,10 @@ class RowView:
 
     def read_rows(self, layer: int | str, rows: np.ndarray) -> np.ndarray:
         return self.reader.read_rows(layer, rows)
+
+    def column(self, field: str) -> Column | None:
+        """How a field is stored (`RunReader.column`); the synthetic ``sentence_id`` and ``word`` are plain."""
+        return self.reader.column("words" if field == "word" else field)
 
     def example_metadata(self, field: str) -> np.ndarray:
         if field == "sentence_id":

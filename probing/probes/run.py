@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from probing.config import ProbeConfig
 from probing.errors import ConfigError, ProbingError
 from probing.probes.base import C_GRID, ProbeFit
 from probing.probes.control import control_labels
@@ -37,7 +38,7 @@ from probing.probes.data import (
     resolve_layers,
     sample_rows,
 )
-from probing.probes.metrics import N_BOOTSTRAP, accuracy, bootstrap_ci, macro_f1, majority_baseline
+from probing.probes.metrics import accuracy, bootstrap_ci, macro_f1, majority_baseline
 from probing.probes.results import ProbeReport, ProbeResult
 from probing.probes.rows import Rows
 from probing.storage.reader import RunReader
@@ -47,16 +48,16 @@ log = logging.getLogger("probing.probes")
 METHODS = ("sklearn", "torch")
 #: the split field looked for by default; if a run lacks it, cross-validation is used (any other
 #: split field named explicitly must exist)
-DEFAULT_SPLIT_FIELD = "split"
+DEFAULT_SPLIT_FIELD = ProbeConfig.split_field
 #: rows of the fit part and of the dev part used to choose C (a seeded subset of each when there are more):
 #: dev accuracy on 5,000 rows is precise to about a point, and the search's fits cost a fifth of those on all
 #: rows of a large word-level run. The final probe is fit on all training rows either way.
-SEARCH_ROWS = 5000
+SEARCH_ROWS = ProbeConfig.search_rows
 #: most rows probed: a larger run is probed on a seeded sample of this many rows, stratified by split and
 #: label (whole sentences for word-level runs), and the sample is printed; None probes every row
-MAX_ROWS = 200_000
+MAX_ROWS = ProbeConfig.max_rows
 #: most bytes of float32 features held at once: layers are read and probed a group at a time
-FEATURE_BYTES = 2**30
+FEATURE_BYTES = ProbeConfig.feature_bytes
 #: spellings of "no field" accepted for split_field / control_field (from the command line or YAML)
 NONE_VALUES = ("", "none", "null", "off")
 
@@ -172,23 +173,25 @@ def _fit_folds(
 
 def probe_run(
     path_or_reader: str | os.PathLike[str] | RunReader,
-    label_fields: Sequence[str] | str | None = None,
-    method: str | Sequence[str] = "sklearn",
-    split_field: str | None = DEFAULT_SPLIT_FIELD,
-    group_field: str | None = None,
-    k_folds: int = 5,
-    control_field: str | None = None,
-    seed: int = 0,
-    out_dir: str | os.PathLike[str] | None = None,
+    label_fields: Sequence[str] | str | None = ProbeConfig.label_fields,
+    method: str | Sequence[str] = ProbeConfig.method,
+    split_field: str | None = ProbeConfig.split_field,
+    group_field: str | None = ProbeConfig.group_field,
+    k_folds: int = ProbeConfig.k_folds,
+    control_field: str | None = ProbeConfig.control_field,
+    seed: int = ProbeConfig.seed,
+    out_dir: str | os.PathLike[str] | None = ProbeConfig.out_dir,
     *,
-    layers: Sequence[int | str] | None = None,
-    n_bootstrap: int = N_BOOTSTRAP,
-    dev_fraction: float = 0.2,
+    layers: Sequence[int | str] | None = ProbeConfig.layers,
+    n_bootstrap: int = ProbeConfig.n_bootstrap,
+    dev_fraction: float = ProbeConfig.dev_fraction,
     c_grid: Sequence[float] = C_GRID,
     search_rows: int | None = SEARCH_ROWS,
     max_rows: int | None = MAX_ROWS,
     feature_bytes: int = FEATURE_BYTES,
-    write: bool = True,
+    write: bool = ProbeConfig.write,
+    overwrite: bool = ProbeConfig.overwrite,
+    progress: bool = True,
 ) -> ProbeReport:
     """Probe each layer of a run for each label field; write CSV, JSON and PNG into ``out_dir``.
 
@@ -292,10 +295,11 @@ def probe_run(
     schemes = {lab.field: folds.scheme for lab, folds, _ in plans}
     method_seconds = dict.fromkeys(methods, 0.0)
     fitted: dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray | None, float, float]] = {}
+    done_layers = 0
     for group in feature_groups(reader, layer_keys, n_rows, feature_bytes):
         features = load_features(reader, group, rows)
         feats = [features[k] for k in group]
-        for lab, folds, control in plans:
+        for j, (lab, folds, control) in enumerate(plans):
             for m in methods:
                 t0 = time.perf_counter()
                 preds, cpreds, regs, seconds = _fit_folds(_implementation(m), feats, lab, folds, control, c_grid)
@@ -303,7 +307,12 @@ def probe_run(
                 for i, layer in enumerate(group):
                     control_pred = None if cpreds is None else cpreds[i]
                     fitted[(lab.field, m, layer)] = (preds[i], control_pred, regs[i], seconds[i])
-                log.info("probed %r with %s on %s in %.1f s", lab.field, m, group, time.perf_counter() - t0)
+                if progress:
+                    span = group[0] if len(group) == 1 else f"{group[0]}..{group[-1]}"
+                    print(f"probes: {lab.field!r} ({j + 1}/{len(plans)} labels) {m} on {span} "
+                          f"(layers {done_layers + len(group)}/{len(layer_keys)}): {time.perf_counter() - t0:.1f} s",
+                          file=sys.stderr, flush=True)
+        done_layers += len(group)
         del features, feats
     results: list[ProbeResult] = []
     for lab, folds, control in plans:
@@ -312,7 +321,7 @@ def probe_run(
         test_groups = None if groups is None else group_codes(groups)[test]
         majority = _pooled_majority(folds, lab.y)
         for m in methods:
-            for i, layer in enumerate(layer_keys):
+            for layer in layer_keys:
                 pred, cpred, reg, secs = fitted[(lab.field, m, layer)]
                 correct = pred == y_test
                 acc = float(correct.mean())
@@ -322,7 +331,7 @@ def probe_run(
                     ProbeResult(
                         **run_info,
                         layer=layer,
-                        layer_index=i,
+                        layer_index=model_layer_index(reader.metadata, layer),
                         label=lab.field,
                         method=m,
                         accuracy=acc,
@@ -372,9 +381,29 @@ def probe_run(
         seconds={m: round(s, 3) for m, s in method_seconds.items()},
     )
     if write:
-        from probing.probes.report import write_report
+        from probing.probes.report import new_report_dir, write_report
 
         if out_dir is None and not reader.path:
             raise ConfigError("The reader has no path to write probes/ into; pass out_dir, or write=False.")
-        write_report(report, out_dir if out_dir is not None else os.path.join(reader.path, "probes"))
+        target = new_report_dir(os.path.join(reader.path, "probes"), methods) if out_dir is None else out_dir
+        write_report(report, target, overwrite=overwrite)
     return report
+
+
+def model_layer_index(metadata: dict[str, Any], layer: str) -> int | None:
+    """A stored layer's place in the model, as transformers counts ``hidden_states``: the embeddings are 0,
+    block ``i`` is ``i + 1``; a module inside block ``i`` is ``i + 1``, a final norm the last; None otherwise."""
+    if layer == "embeddings":
+        return 0
+    if layer.startswith("blocks.") and layer[7:].isdigit():
+        return int(layer[7:]) + 1
+    module = str(metadata.get("layer_modules", {}).get(layer, layer))
+    list_name = str(metadata.get("block_list") or "")
+    n = metadata.get("num_blocks")
+    if list_name and module.startswith(list_name + "."):
+        head = module[len(list_name) + 1 :].split(".", 1)[0]
+        if head.isdigit():
+            return int(head) + 1
+    if module in ("ln_f", "norm", "final_layer_norm", "final_layernorm", "norm_f") and n:
+        return int(n)
+    return None
