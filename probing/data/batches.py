@@ -133,15 +133,17 @@ class BatchStream(IterableDataset[dict[str, Any]]):
         assert isinstance(self.source, TextDataset) and self.share is not None
         lo, hi = int(ids[0]), int(ids[-1]) + 1
         pick = ids - lo
-        fields = self.source.block([*self.example_fields, *self.row_fields], lo, hi) if hi > lo else {}
+        need_inputs = self.tokens is None
+        fields, inputs = self.source.block([*self.example_fields, *self.row_fields], lo, hi, inputs=need_inputs)
         values = {f: [v[i] for i in pick] for f, v in fields.items()}
         if self.tokens is not None:  # the share's first pass kept them
             tokens, index, tokenized = self.tokens, ids - self.share[0], 0
         else:
-            inputs = self.source.inputs(lo, hi)
+            assert inputs is not None
             tokens = encode([inputs[i] for i in pick], self.tokenizer, self.max_length, words=self.words, first_id=lo)
             index, tokenized = np.arange(len(ids)), len(ids)
         rows = None if self.row_counts is None else self.row_counts[ids - self.share[0]]
+        self.source.release_pages()  # the window is read: its pages of a memory-mapped file are not needed again
         yield from self._batches(ids, tokens, index, values, rows, tokenized, None)
 
     def _stream(self, worker: int, workers: int) -> Iterator[dict[str, Any]]:
@@ -189,6 +191,8 @@ class BatchStream(IterableDataset[dict[str, Any]]):
                 lists = [values[f] for f in self.row_fields]
                 batch["row_columns"] = Carried(self._row_values(ids[b], lists, b, rows[b]))
             batch["n_tokenized"] = tokenized
+            if tokenized:  # the window's tokenization: how much truncation cut
+                batch["truncated"] = (tokens.truncated, tokens.longest)
             tokenized = 0
             if seen is not None:
                 batch["n_seen"] = seen

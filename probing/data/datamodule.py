@@ -16,6 +16,7 @@ import lightning.pytorch as pl
 import numpy as np
 from torch.utils.data import DataLoader
 
+from probing.config import DEFAULT_MAX_LENGTH
 from probing.data.batches import BatchStream, as_is
 from probing.data.batching import shard_range
 from probing.data.encoded import EncodedRange, encode_range
@@ -27,8 +28,8 @@ from probing.strategies import TokenLevelStrategy
 log = logging.getLogger(__name__)
 
 
-def effective_max_length(tokenizer: Any, model_config: Any, requested: int | None) -> int:
-    """The truncation length: the requested one, capped at what the model's positions allow."""
+def model_max_length(tokenizer: Any, model_config: Any) -> int | None:
+    """The longest input the model takes (its positions, and the tokenizer's limit), if it says."""
     limits = [
         v
         for v in (getattr(model_config, "max_position_embeddings", None), getattr(model_config, "n_positions", None))
@@ -38,8 +39,15 @@ def effective_max_length(tokenizer: Any, model_config: Any, requested: int | Non
     tok_max = getattr(tokenizer, "model_max_length", None)
     if isinstance(tok_max, int) and 0 < tok_max < 1_000_000:
         model_max = min(model_max, tok_max) if model_max else tok_max
+    return model_max
+
+
+def effective_max_length(tokenizer: Any, model_config: Any, requested: int | None) -> int:
+    """The truncation length, the same for the API and the CLI: the requested one, or by default the model's
+    own limit capped at `DEFAULT_MAX_LENGTH`; never more than the model's positions allow."""
+    model_max = model_max_length(tokenizer, model_config)
     if requested is None:
-        return model_max or 512
+        return min(model_max or DEFAULT_MAX_LENGTH, DEFAULT_MAX_LENGTH)
     if model_max is not None and requested > model_max:
         log.warning("max_length %d exceeds the model's %d positions; using %d", requested, model_max, model_max)
         return model_max
@@ -108,14 +116,16 @@ class ExtractionDataModule(pl.LightningDataModule):
         empty = self.dataset.empty_examples(lo, hi)
         if len(empty):
             raise DatasetError(
-                f"{len(empty)} example(s) have an empty (or whitespace-only) text, e.g. ids {empty[:5].tolist()}: "
-                "a model sees only its special tokens there. Remove them from the data."
+                f"{len(empty)} example(s) have an empty (or whitespace-only, or zero-width-only) text, e.g. ids "
+                f"{empty[:5].tolist()}: a model sees only its special tokens there, and the vector would look like "
+                "any other. Remove them from the data (example ids are dataset positions, so they are not skipped)."
             )
         if self.token_level is not None:
             self.encoded = encode_range(
                 self.dataset.inputs, lo, hi, self.tokenizer, self.max_length, self.token_level.count_rows,
                 words=self.dataset.words_field is not None,
             )
+            self.dataset.release_pages()
 
     @property
     def row_counts(self) -> np.ndarray | None:

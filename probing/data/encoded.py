@@ -37,6 +37,9 @@ class Tokens:
     special: np.ndarray
     type_ids: np.ndarray | None
     word_ids: np.ndarray | None
+    #: examples cut at max_length, and the most tokens one of them had before the cut
+    truncated: int = 0
+    longest: int = 0
 
     @property
     def lengths(self) -> np.ndarray:
@@ -77,9 +80,12 @@ def encode(inputs: Sequence[Any], tokenizer: Any, max_length: int, *, words: boo
             try:
                 tokenizer([item], is_split_into_words=words, truncation=True, max_length=max_length)
             except Exception as one:  # noqa: BLE001
-                raise DatasetError(
-                    f"Example {first_id + i} cannot be tokenized ({type(one).__name__}: {one}); fix or remove it."
-                ) from one
+                from probing.data.diagnose import invalid_text
+
+                bad = invalid_text([item], first_id + i)
+                why = (f"{bad}, which is not valid Unicode (a lone surrogate)" if bad
+                       else f"example {first_id + i} cannot be tokenized ({type(one).__name__}: {one})")
+                raise DatasetError(f"{why[0].upper()}{why[1:]}; fix or remove it.") from one
         raise
     ids = enc["input_ids"]
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
@@ -92,6 +98,7 @@ def encode(inputs: Sequence[Any], tokenizer: Any, max_length: int, *, words: boo
     offsets = np.zeros(len(ids) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     total = int(offsets[-1])
+    truncated, longest = _truncation(enc, lengths, max_length, tokenizer)
     word_ids = None
     if words:
         rows = ([-1 if w is None else w for w in enc.word_ids(i)] for i in range(len(ids)))
@@ -102,7 +109,22 @@ def encode(inputs: Sequence[Any], tokenizer: Any, max_length: int, *, words: boo
         special=_flat(enc["special_tokens_mask"], np.int8, total),
         type_ids=_flat(enc["token_type_ids"], np.int8, total) if with_types else None,
         word_ids=word_ids,
+        truncated=truncated,
+        longest=longest,
     )
+
+
+def _truncation(enc: Any, lengths: np.ndarray, max_length: int, tokenizer: Any) -> tuple[int, int]:
+    """How many examples truncation cut, and the longest of them before the cut (fast tokenizers keep
+    what they cut; for others, examples that reach max_length are counted, at max_length)."""
+    encodings = getattr(enc, "encodings", None)
+    if not encodings:
+        at_limit = int((lengths >= max_length).sum())
+        return at_limit, max_length if at_limit else 0
+    specials = int(tokenizer.num_special_tokens_to_add()) if hasattr(tokenizer, "num_special_tokens_to_add") else 0
+    cut = [(len(e.ids), e.overflowing) for e in encodings if e.overflowing]
+    longest = max((n + sum(len(o.ids) - specials for o in over) for n, over in cut), default=0)
+    return len(cut), int(longest)
 
 
 def concat(parts: Sequence[Tokens]) -> Tokens:
@@ -118,7 +140,8 @@ def concat(parts: Sequence[Tokens]) -> Tokens:
 
     ids, special = cat("input_ids"), cat("special")
     assert ids is not None and special is not None
-    return Tokens(offsets.astype(np.int64), ids, special, cat("type_ids"), cat("word_ids"))
+    return Tokens(offsets.astype(np.int64), ids, special, cat("type_ids"), cat("word_ids"),
+                  truncated=sum(p.truncated for p in parts), longest=max(p.longest for p in parts))
 
 
 @dataclass(frozen=True)
@@ -129,6 +152,8 @@ class EncodedRange:
     lengths: np.ndarray
     row_counts: np.ndarray
     tokens: Tokens | None
+    truncated: int = 0
+    longest: int = 0
 
 
 def encode_range(
@@ -147,11 +172,13 @@ def encode_range(
     lengths: list[np.ndarray] = []
     rows: list[np.ndarray] = []
     parts: list[Tokens] = []
+    truncated = longest = 0
     kept = 0
     keep = keep_bytes > 0
     for a in range(start, stop, chunk):
         b = min(a + chunk, stop)
         tokens = encode(inputs(a, b), tokenizer, max_length, words=words, first_id=a)
+        truncated, longest = truncated + tokens.truncated, max(longest, tokens.longest)
         lengths.append(tokens.lengths)
         rows.append(count_rows(tokens))
         if keep:
@@ -165,6 +192,8 @@ def encode_range(
         lengths=np.concatenate(lengths) if lengths else empty,
         row_counts=np.concatenate(rows) if rows else empty,
         tokens=(concat(parts) if parts else None) if keep and stop > start else None,
+        truncated=truncated,
+        longest=longest,
     )
 
 
