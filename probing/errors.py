@@ -45,6 +45,21 @@ class RunIncompleteError(ProbingError, RuntimeError):
     """A run was opened for reading but never completed."""
 
 
+class NonFiniteError(ProbingError, RuntimeError):
+    """Activations hold NaN or inf (or values beyond the storage dtype's range); the run stays incomplete."""
+
+
+class StorageWriteError(ProbingError, OSError):
+    """The storage refused a write (disk full, quota, read-only, permissions). What was already durable
+    stays, and a resume finishes the run once the cause is fixed."""
+
+    exit_code = 74  # EX_IOERR: not bad input, and not something a retry alone fixes
+
+
+class DamagedRunError(ProbingError, OSError):
+    """Stored data does not read back as written: a missing, altered or resized chunk."""
+
+
 class ResumeMismatchError(ProbingError, ValueError):
     """A run was resumed with settings that differ from the ones it started with."""
 

@@ -1,9 +1,17 @@
 """Fault injection for the resume tests.
 
 ``PROBING_FAULT=<point>[:<n>[:<SIGNAL>]]`` sends the process a signal (SIGKILL by default) the n-th
-time (default: the first) it reaches a named point: ``before_first_batch``, ``after_flush`` (a chunk
-was written), ``finalize`` (rows merged, completed flag not yet set). ``PROBING_FAULT_RANK`` limits it
-to one local rank. Unset in normal use, where a call costs one dictionary lookup.
+time (default: the first) it reaches a named point:
+
+- ``after_create``: an array's metadata was written, none of its chunks (the n-th array);
+- ``before_first_batch``;
+- ``before_record``: a write unit's rows are on disk, its examples not yet recorded as done;
+- ``after_flush``: examples were recorded as done;
+- ``stitch``: one seam column was copied into place, the rest not (finalize or a resume);
+- ``finalize``: every row in place, the completed flag not yet set.
+
+``PROBING_FAULT_RANK`` limits it to one local rank. Unset in normal use, where a call costs one
+dictionary lookup.
 """
 
 from __future__ import annotations

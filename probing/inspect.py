@@ -50,9 +50,7 @@ def describe_run(path: str | os.PathLike[str]) -> str:
     meta, arrays = _arrays_of(p)
     model = meta.get("model", {})
     ds = meta.get("dataset", {})
-    lines.append(
-        f"run         {meta.get('run_id', p.name)}  ({'completed' if meta.get('completed') else 'INCOMPLETE'})"
-    )
+    lines.append(f"run         {meta.get('run_id', p.name)}  ({_state(p, meta)})")
     lines.append(f"path        {p}")
     lines.append(f"model       {model.get('name_or_path')} ({model.get('model_type')}, {model.get('dtype')})")
     lines.append(f"strategy    {meta.get('strategy')}   mode {meta.get('mode', 'pooled')}")
@@ -72,17 +70,83 @@ def describe_run(path: str | os.PathLike[str]) -> str:
     return "\n".join(lines)
 
 
-def info_main(args: list[str]) -> int:
-    """``python -m probing info <run path> [--json]``."""
-    if not args or args[0] in ("-h", "--help"):
-        print("usage: python -m probing info <run path> [--json]")
-        return 0 if args else 2
+def _state(p: Path, meta: dict[str, Any]) -> str:
+    """``completed``, ``completed, DAMAGED: ...`` (shapes and missing chunks: cheap), or ``INCOMPLETE``
+    with the job writing it, if one holds its lease."""
+    from probing.storage.lease import DEFAULT_TIMEOUT, _Files, describe_holder, lease_path
+
+    if not meta.get("completed"):
+        holder = _Files(lease_path(str(p))).read()
+        return "INCOMPLETE" + (f", being written by {describe_holder(holder, DEFAULT_TIMEOUT)}" if holder else "")
+    problems = quick_check(p)
+    return "completed" if not problems else f"completed, DAMAGED: {'; '.join(problems[:3])}"
+
+
+def quick_check(path: str | os.PathLike[str]) -> list[str]:
+    """Shapes against the layout and chunks present: what can be told without reading the data."""
+    from probing.errors import DamagedRunError
+    from probing.storage.base import open_run
+    from probing.storage.verify import expected_lengths
+
     try:
+        reader = open_run(path)
+    except DamagedRunError as exc:
+        return [str(exc).split(": ", 1)[-1]]
+    with reader:
+        return [f"{name}: rows {a}..{b - 1}: the chunk is missing"
+                for name in expected_lengths(reader) for a, b in reader.store.missing_chunks(name)]
+
+
+def verify(path: str | os.PathLike[str]) -> int:
+    """``info --verify``: read every chunk of a completed run; print what is damaged; 0 if intact, 1 if not."""
+    import time
+
+    from probing.errors import DamagedRunError
+    from probing.storage.base import open_run
+
+    t0 = time.perf_counter()
+    try:
+        reader = open_run(path)
+    except DamagedRunError as exc:
+        print(f"probing: {exc}")
+        return 1
+    with reader:
+        problems = reader.verify()
+        size = sum(reader.store.stored_bytes(n) or 0 for n in _names(reader))
+    seconds = time.perf_counter() - t0
+    if problems:
+        print(f"probing: the run at {path} is DAMAGED ({len(problems)} problem(s)):")
+        for line in problems:
+            print(f"  {line}")
+        print("Recompute the run (a new run_id) to recover; the intact layers still read.")
+        return 1
+    print(f"probing: {path} verified: every chunk present and matching its checksum ({_human(size)} read in "
+          f"{seconds:.1f} s)")
+    return 0
+
+
+def _names(reader: Any) -> list[str]:
+    from probing.storage.verify import expected_lengths
+
+    return list(expected_lengths(reader))
+
+
+def info_main(args: list[str]) -> int:
+    """``python -m probing info <run path> [--json] [--verify]``."""
+    if not args or args[0] in ("-h", "--help"):
+        print("usage: python -m probing info <run path> [--json] [--verify]\n"
+              "  --verify  read every chunk and check it (checksums, missing chunks, shapes)")
+        return 0 if args else 2
+    from probing.errors import ProbingError
+
+    try:
+        if "--verify" in args:
+            return verify(args[0])
         if "--json" in args:
             print(json.dumps(_arrays_of(Path(args[0]))[0], indent=2, default=str))
         else:
             print(describe_run(args[0]))
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ProbingError) as exc:
         print(f"probing: error: {exc}")
         return 2
     return 0

@@ -83,9 +83,11 @@ def test_npz_storage_gives_the_same_result(tmp_path, tiny_models, sentences):
         np.testing.assert_array_equal(z.activations(layer), n.activations(layer))
 
 
-def test_empty_dataset_gives_an_empty_completed_run(tmp_path, tiny_models):
+def test_empty_dataset_is_refused_unless_allowed(tmp_path, tiny_models):
     model = ModelBackend().load_model(tiny_models["bert"])
-    reader = open_run(run(tmp_path, model, []).path)
+    with pytest.raises(DatasetError, match="no examples.*allow_empty"):
+        run(tmp_path, model, [])
+    reader = open_run(run(tmp_path, model, [], allow_empty=True).path)
     assert reader.completed and reader.n_examples == 0
     assert reader.activations(-1).shape == (0, 32)
 
@@ -178,3 +180,17 @@ def test_a_treebank_keeps_its_own_text_and_per_word_tags(tmp_path, tiny_models):
     assert list(r.row_metadata("upos")) == ["DET", "NOUN", "VERB", "PUNCT"] * 2
     assert list(r.row_metadata("head")) == [2, 3, 0, 3] * 2 and r.row_metadata("head").dtype == np.int64
     assert list(r.row_metadata("words"))[:4] == ["The", "cat", "sat", "."]
+
+
+def test_a_run_that_does_not_fit_the_disk_is_refused_before_it_starts(tmp_path, tiny_models, sentences, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from probing.errors import ConfigError
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
+    model = ModelBackend().load_model(tiny_models["bert"])
+    with pytest.raises(ConfigError, match=r"needs about .* free"):
+        run(tmp_path, model, sentences * 50)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

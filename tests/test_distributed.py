@@ -17,7 +17,8 @@ def single_process(model_dir, n, tmp_path):  # type: ignore[no-untyped-def]
     model = ModelBackend().load_model(model_dir)
     extractor = ActivationExtractor(model, layers="all", strategy=MeanStrategy())
     storage = ZarrStorage(str(tmp_path / "single"), chunk_rows=8)
-    return open_run(DatasetRunner(generate(n), 4, extractor, storage, max_length=128, progress=False).run().path)
+    runner = DatasetRunner(generate(n), 4, extractor, storage, max_length=128, progress=False, allow_empty=n == 0)
+    return open_run(runner.run().path)
 
 
 @pytest.mark.parametrize("n", [0, 1, 7, 101])
@@ -31,6 +32,7 @@ def test_two_ranks_equal_one(tmp_path, tiny_models, n):
         "progress=false",
         "output_dir=out",
         "run_id=ddp",
+        f"data.allow_empty={n == 0}",
         *DDP,
         cwd=tmp_path,
     )

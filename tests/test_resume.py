@@ -121,7 +121,8 @@ def test_resume_with_other_settings_is_refused(tmp_path, tiny_models):
 
     first = start([0], MeanStrategy())
     writer = first.storage.open_run("r", metadata=first.metadata())
-    writer.close()  # an interrupted run: created, nothing finalized
+    writer.close()  # an interrupted run: created, nothing finalized...
+    writer.release()  # ...and its job gone
     for kwargs, what in [
         ({"layers": [1], "strategy": MeanStrategy()}, "layers"),
         ({"layers": [0], "strategy": LastTokenStrategy()}, "strategy"),

@@ -176,6 +176,7 @@ class BackendSuite:
         data = np.arange(40, dtype=np.float32).reshape(20, 2)
         w.append(0, {"a": data[:10]}, {"example_ids": np.arange(10), "token_counts": np.arange(10) + 2})
         w.store.close()  # "killed": rows 8-9 wait in memory for the rest of their chunk
+        w.release()  # ...and its lease dies with it
         with pytest.warns(UserWarning, match="8 of 20 examples are finished"):
             r = open_run(tmp_path / "r", allow_partial=True)
         np.testing.assert_array_equal(r.example_ids, np.arange(8))

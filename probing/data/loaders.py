@@ -110,7 +110,11 @@ def load_conllu(path: str | Sequence[str], *, streaming: bool = False) -> Any:
     kwargs = {"paths": paths, "stamps": [files_fingerprint([p]) for p in paths]}  # a changed file is read again
     if streaming:
         return datasets.IterableDataset.from_generator(_conllu_sentences, gen_kwargs=kwargs)
-    return datasets.Dataset.from_generator(_conllu_sentences, gen_kwargs=kwargs)
+    _quiet_datasets()
+    try:
+        return datasets.Dataset.from_generator(_conllu_sentences, gen_kwargs=kwargs)
+    except Exception as exc:  # noqa: BLE001 - datasets wraps the generator's error; name the file and line
+        raise _unreadable([Path(p) for p in paths], "conllu", exc) from exc
 
 
 def load_files(path: str | Sequence[str], fmt: str | None = None, *, streaming: bool = False) -> Any:
@@ -126,9 +130,44 @@ def load_files(path: str | Sequence[str], fmt: str | None = None, *, streaming: 
         fmt = kinds.pop()
     import datasets
 
+    _quiet_datasets()
     kwargs: dict[str, Any] = {"sep": "\t"} if fmt == "csv" and paths[0].suffix.lower() == ".tsv" else {}
-    return datasets.load_dataset(fmt, data_files=[str(p) for p in paths], split="train", streaming=streaming,
-                                 **kwargs)
+    try:
+        return datasets.load_dataset(fmt, data_files=[str(p) for p in paths], split="train", streaming=streaming,
+                                     **kwargs)
+    except Exception as exc:  # noqa: BLE001 - "An error occurred while generating the dataset", StopIteration...
+        raise _unreadable(paths, str(fmt), exc) from exc
+
+
+def _quiet_datasets() -> None:
+    """``datasets`` logs a failed parse (we name the file and line instead) and draws progress bars; on a
+    terminal the bars stay (preparing a large file takes a while), elsewhere they are noise in the log."""
+    import sys
+
+    import datasets
+
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+    if not sys.stderr.isatty():
+        datasets.disable_progress_bars()
+
+
+def _unreadable(paths: Sequence[Path], fmt: str, exc: BaseException) -> DatasetError:
+    """The error for files ``datasets`` could not load: the first bad line found, else its own message."""
+    from probing.data.diagnose import find_problem
+
+    if isinstance(exc, DatasetError):
+        return exc
+    if isinstance(exc.__cause__, DatasetError):  # raised by our own generator (CoNLL-U), wrapped by datasets
+        return exc.__cause__
+    for p in paths:
+        problem = find_problem(p, fmt)
+        if problem:
+            return DatasetError(problem + ".")
+    cause = exc.__cause__ or exc
+    return DatasetError(
+        f"Could not read {[str(p) for p in paths]} as {fmt}: {type(cause).__name__}: {cause}. Check the files "
+        "(one format per run; data.format sets it)."
+    )
 
 
 def load_hf(name: str, config: str | None = None, split: str = "train", *, streaming: bool = False) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import sys
 import warnings
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
@@ -16,12 +17,12 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.fabric.plugins.environments import SLURMEnvironment
 
-from probing.data.datamodule import ExtractionDataModule, effective_max_length
+from probing.data.datamodule import ExtractionDataModule, effective_max_length, model_max_length
 from probing.data.sources import TextDataset, TextStream, _is_iterable_dataset, row_column
 from probing.engine.module import ExtractionModule
-from probing.engine.preemption import PreemptionHandler
+from probing.engine.preemption import Preempted, PreemptionHandler
 from probing.engine.writer import RunWriterCallback, check_writers
-from probing.errors import ConfigError, ProbingError
+from probing.errors import ConfigError, DatasetError, ProbingError
 from probing.extractor import ActivationExtractor
 from probing.storage.base import Storage, check_resume, new_run_id, open_run, utc_now
 from probing.storage.layout import Column
@@ -101,7 +102,17 @@ class DatasetRunner:
         resume: continue an interrupted run, computing only the missing examples.
         trainer: extra `lightning.Trainer` arguments (accelerator, devices, num_nodes, strategy,
             precision); by default the device the model was loaded on.
+        progress: ``"auto"``: a progress bar on a terminal, otherwise a log line every
+            ``progress_every`` seconds (done/total, examples/s, tokens/s, ETA); True: the bar; False: none.
         config: the full configuration to store with the run (the CLI passes its Hydra config).
+        announce: print what will run (model, examples, layers, bytes to write, free space) before the
+            first batch.
+        on_nonfinite: NaN/inf activations (and float16 overflows) are counted per layer while writing;
+            ``error`` (default) refuses to mark the run complete, naming layer, count and first example
+            ids; ``warn`` stores them with a warning; ``ignore`` stores them.
+        allow_empty: a dataset with no examples is an error unless this is set (then: an empty run).
+        lease_timeout: seconds without a heartbeat after which another job may take over the run
+            (default 120; `probing.storage.lease`).
     """
 
     def __init__(
@@ -120,20 +131,39 @@ class DatasetRunner:
         num_workers: int = 0,
         resume: bool = False,
         trainer: dict[str, Any] | None = None,
-        progress: bool = True,
+        progress: bool | str = "auto",
+        progress_every: float = 30.0,
         config: dict[str, Any] | None = None,
         overrides: list[str] | None = None,
+        announce: bool = True,
+        on_nonfinite: str = "error",
+        allow_empty: bool = False,
+        lease_timeout: float | None = None,
     ) -> None:
         if extractor is None or storage is None:
             raise ConfigError("DatasetRunner needs an extractor and a storage.")
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
+
         if isinstance(dataset, (TextDataset, TextStream)):
             self.dataset: TextDataset | TextStream = dataset
         elif _is_iterable_dataset(dataset):
             self.dataset = TextStream(dataset, text_field, words_field)
         else:
             self.dataset = TextDataset(dataset, text_field, words_field)
+        from probing.storage.writer import NONFINITE_CHOICES
+
+        if on_nonfinite not in NONFINITE_CHOICES:
+            raise ConfigError(f"on_nonfinite={on_nonfinite!r}: expected one of {NONFINITE_CHOICES}.")
+        self.on_nonfinite = on_nonfinite
+        self.allow_empty = allow_empty
+        self.lease_timeout = lease_timeout
+        if isinstance(self.dataset, TextDataset) and len(self.dataset) == 0 and not allow_empty:
+            raise DatasetError(
+                "The dataset has no examples (an empty file or list, data.limit=0, or a filter that kept "
+                "nothing), so there is nothing to extract. Check the input, or pass allow_empty=True "
+                "(data.allow_empty=true) to write an empty run on purpose."
+            )
         mode = extractor.strategy.mode
         self.token_level = extractor.strategy if isinstance(extractor.strategy, TokenLevelStrategy) else None
         if isinstance(self.dataset, TextStream) and self.token_level is not None:
@@ -150,6 +180,9 @@ class DatasetRunner:
         if self.dataset.words_field is not None and not getattr(extractor.backend.tokenizer, "is_fast", False):
             raise ConfigError("Pre-split (word-level) input needs a fast tokenizer (word_ids); this one is not.")
         check_writers(storage, _world_size(trainer))
+        from probing.preflight import check_accelerator
+
+        check_accelerator((trainer or {}).get("accelerator"), (trainer or {}).get("devices"))
         self.batch_size = batch_size
         self.extractor = extractor
         self.storage = storage
@@ -161,7 +194,11 @@ class DatasetRunner:
         self.num_workers = num_workers
         self.resume = resume
         self.trainer_kwargs = {**_trainer_defaults(extractor), **(trainer or {})}
+        if progress not in ("auto", True, False):
+            raise ConfigError(f"progress={progress!r}: expected 'auto', True or False.")
         self.progress = progress
+        self.progress_every = progress_every
+        self.announce = announce
         self.config = config or {}
         self.overrides = overrides or []
         self.preemption = PreemptionHandler()
@@ -231,6 +268,22 @@ class DatasetRunner:
             "created": utc_now(),
         }
 
+    def describe(self) -> dict[str, str]:
+        """What the run is, in words, for the block printed before it starts."""
+        backend = self.extractor.backend
+        ds = self.dataset
+        n_blocks = self.extractor.n_blocks
+        keys = self.extractor.layer_keys
+        shown = ", ".join(keys) if len(keys) <= 6 else f"{', '.join(keys[:3])}, ..., {keys[-1]}"
+        limit = model_max_length(backend.tokenizer, backend.model.config)
+        return {
+            "model": f"{backend.name_or_path} ({backend.model_type}, {n_blocks} blocks, {str(backend.dtype)[6:]})",
+            "examples": "a stream (its length is known at the end)" if isinstance(ds, TextStream) else f"{len(ds):,}",
+            "layers": f"{shown} ({len(keys)})",
+            "strategy": f"{self.extractor.strategy.name}; inputs cut to {self.max_length} tokens (model limit "
+            f"{limit if limit else 'unknown'})",
+        }
+
     def _already_complete(self) -> RunResult | None:
         """With ``resume``, a run that already completed with the same settings is a result, not an error
         (a requeued job or a re-run sweep member that finished before it was stopped)."""
@@ -266,6 +319,9 @@ class DatasetRunner:
         row_fields = {"tokens": {"token_id": "int64"}, "words": {"word_index": "int64"}}.get(
             self.extractor.strategy.mode, {}
         )
+        if self.extractor.strategy.mode == "tokens":  # each row's token as a string, beside its id
+            row_columns = {**row_columns, "token": Column("str")}
+        bar = self.progress is True or (self.progress == "auto" and sys.stderr.isatty())
         writer = RunWriterCallback(
             self.storage,
             self.run_id,
@@ -276,6 +332,13 @@ class DatasetRunner:
             row_columns=row_columns,
             resume=self.resume,
             preemption=self.preemption,
+            log_every=None if bar or self.progress is False else self.progress_every,
+            describe=self.describe() if self.announce else None,
+            max_length=self.max_length,
+            tokenizer=tokenizer,
+            on_nonfinite=self.on_nonfinite,
+            lease_timeout=self.lease_timeout,
+            allow_empty=self.allow_empty,
         )
         for noisy in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -296,7 +359,7 @@ class DatasetRunner:
             enable_checkpointing=False,
             enable_model_summary=False,
             use_distributed_sampler=False,  # each rank's share is planned by ExtractionDataModule
-            enable_progress_bar=self.progress,
+            enable_progress_bar=bar,
             callbacks=[writer],
             **self.trainer_kwargs,
         )
@@ -312,13 +375,19 @@ class DatasetRunner:
         if done is not None:
             return done
         self.preemption.install()
+        writer: RunWriterCallback | None = None
         try:
             trainer, module, datamodule, writer = self.build()
             trainer.predict(module, datamodule=datamodule, return_predictions=False)
             self.preemption.check()
             stats = writer.finish(trainer)
+        except Preempted as exc:
+            exc.run_id = writer.run_id if writer is not None else self.run_id
+            raise
         finally:
             self.preemption.restore()
+            if writer is not None:
+                writer.release()
         n = stats.get("examples", 0) if trainer.global_rank else _n_examples(writer)
         return RunResult(writer.run_id, writer.path, n, self.extractor.layer_keys, stats, trainer.global_rank)
 

@@ -15,9 +15,11 @@ from __future__ import annotations
 import logging
 import queue
 import resource
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -29,7 +31,7 @@ from probing.data.datamodule import ExtractionDataModule
 from probing.data.sources import TextStream
 from probing.engine import collectives
 from probing.engine.preemption import PreemptionHandler
-from probing.errors import ConfigError, ProbingError
+from probing.errors import ConfigError, DatasetError, ProbingError, StorageWriteError
 from probing.faults import fault_point
 from probing.storage.base import Storage
 from probing.storage.layout import Column, RunLayout
@@ -54,6 +56,11 @@ class RunWriterCallback(BasePredictionWriter):
         example_columns / row_columns: how the dataset's metadata fields are stored.
         resume: continue an incomplete run, skipping stored examples.
         preemption: checked after every batch; a received signal stops the run cleanly.
+        log_every: seconds between progress lines on rank 0 (None: no lines; a progress bar, or nothing).
+        describe: what the run is (model, examples, layers, strategy), printed with the bytes it will
+            write and the free space before the first batch; None prints nothing.
+        on_nonfinite: what NaN/inf activations get at finalize (`RunWriter.finalize`).
+        lease_timeout: seconds without a heartbeat after which the run's lease is stale.
     """
 
     def __init__(
@@ -68,8 +75,18 @@ class RunWriterCallback(BasePredictionWriter):
         row_columns: Mapping[str, Column] | None = None,
         resume: bool = False,
         preemption: PreemptionHandler | None = None,
+        log_every: float | None = None,
+        describe: Mapping[str, str] | None = None,
+        max_length: int | None = None,
+        tokenizer: Any = None,
+        on_nonfinite: str = "error",
+        lease_timeout: float | None = None,
+        allow_empty: bool = False,
     ) -> None:
         super().__init__(write_interval="batch")
+        self.allow_empty = allow_empty
+        self.on_nonfinite = on_nonfinite
+        self.lease_timeout = lease_timeout
         self.storage = storage
         self.run_id = run_id
         self.metadata = metadata
@@ -79,6 +96,13 @@ class RunWriterCallback(BasePredictionWriter):
         self.row_columns = dict(row_columns or {})
         self.resume = resume
         self.preemption = preemption
+        self.log_every = log_every
+        self.describe = dict(describe) if describe is not None else None
+        self.max_length = max_length
+        self.tokenizer = tokenizer
+        self.truncated = 0
+        self.longest = 0
+        self._last_log = 0.0
         self.writer: RunWriter | None = None
         self.layout: RunLayout | None = None
         self.examples = 0
@@ -124,12 +148,16 @@ class RunWriterCallback(BasePredictionWriter):
         dm = trainer.datamodule  # type: ignore[attr-defined]
         assert isinstance(dm, ExtractionDataModule)
         layout, share, row_starts, token_counts = self._plan(dm)
+        if dm.encoded is not None:
+            self.truncated, self.longest = dm.encoded.truncated, dm.encoded.longest
         opened: BaseException | None = None
         if rank == 0:
             try:
+                self._announce(layout, world)
                 self.writer = self.storage.open_run(
                     self.run_id, metadata=self.metadata(), rank=0, world_size=world, resume=self.resume,
                     layout=layout, share=share, row_starts=row_starts, token_counts=token_counts,
+                    lease_timeout=self.lease_timeout,
                 )
             except ProbingError as exc:  # every rank raises it, instead of waiting for rank 0
                 opened = exc
@@ -154,6 +182,35 @@ class RunWriterCallback(BasePredictionWriter):
         self._record("running")
         if self.preemption is not None:
             self.preemption.children = trainer.strategy.launcher
+
+    def _announce(self, layout: RunLayout, world: int) -> None:
+        """Print what will run, and refuse a run that the output folder has no room for."""
+        import shutil
+
+        from probing.storage.base import is_url
+
+        row_bytes = sum(int(np.prod(s)) for s in layout.layers.values()) * self.storage.dtype.itemsize
+        rows = layout.rows
+        need = None if rows is None else int(rows * row_bytes * 1.02) + 2**20  # metadata: a few percent
+        free = None
+        if not is_url(self.path):
+            probe = Path(self.path)
+            while not probe.exists():
+                probe = probe.parent
+            free = shutil.disk_usage(probe).free
+            if need is not None and not self.resume and need > free:
+                raise ConfigError(
+                    f"The run needs about {_human(need)} and {probe} has {_human(free)} free. Free some space, "
+                    "choose another output_dir, store float16 (storage.dtype=float16), or fewer layers."
+                )
+        if self.describe is None:
+            return
+        lines = [f"{k:<9} {v}" for k, v in self.describe.items()]
+        where = f"{self.path} ({self.storage.describe().get('backend')} {self.storage.dtype}"
+        lines.append(f"{'output':<9} {where}{f', {world} ranks' if world > 1 else ''})")
+        size = "unknown until the stream ends" if need is None else f"about {_human(need)}"
+        lines.append(f"{'writes':<9} {size}" + (f" ({_human(free)} free there)" if free is not None else ""))
+        print("probing: " + "\n         ".join(lines), file=sys.stderr, flush=True)
 
     # -- per batch ----------------------------------------------------------------------------
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -185,7 +242,7 @@ class RunWriterCallback(BasePredictionWriter):
             self._thread = None
         if self._error is not None:
             error, self._error = self._error, None
-            raise error
+            raise _as_storage_error(error, self.path, self.writer) from error
 
     def on_predict_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
@@ -215,6 +272,9 @@ class RunWriterCallback(BasePredictionWriter):
             meta["row_counts"] = prediction["row_counts"].cpu().numpy()
             meta["row_fields"] = {k: v.cpu().numpy() for k, v in prediction["row_fields"].items()}
             meta["row_columns"] = _carried(batch, "row_columns")
+            if "token" in self.row_columns and "token_id" in meta["row_fields"]:
+                strings = self.tokenizer.convert_ids_to_tokens(meta["row_fields"]["token_id"].tolist())
+                meta["row_columns"] = {**(meta["row_columns"] or {}), "token": strings}
         if self._error is not None:
             self._drain()
         if self._thread is not None:
@@ -226,6 +286,33 @@ class RunWriterCallback(BasePredictionWriter):
         self.padded_tokens += int(prediction["padded_tokens"])
         self.tokenized += int(batch.get("n_tokenized", 0))
         self._seen = max(self._seen, int(batch.get("n_seen", 0)))
+        if "truncated" in batch:
+            cut, longest = batch["truncated"]
+            self.truncated += int(cut)
+            self.longest = max(self.longest, int(longest))
+        if self.log_every is not None and trainer.global_rank == 0:
+            self._log_progress(trainer.world_size)
+
+    def _log_progress(self, world: int) -> None:
+        """A progress line every `log_every` seconds (the first after five batches' worth of time)."""
+        now = time.perf_counter()
+        if not self._last_log:
+            self._last_log = self._t0
+        if now - self._last_log < self.log_every:  # type: ignore[operator]
+            return
+        self._last_log = now
+        elapsed = max(now - self._t0, 1e-9)
+        rate = self.examples / elapsed
+        total = self.planned
+        done = f"{self.examples:,}" + (f"/{total:,} examples ({100 * self.examples / max(total, 1):.0f}%)"
+                                       if total else " examples")
+        eta = ""
+        if total and rate > 0:
+            left = int((total - self.examples) / rate)
+            eta = f", ETA {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"
+        who = "rank 0: " if world > 1 else ""
+        print(f"probing: {who}{done}, {rate:,.0f} examples/s, {self.real_tokens / elapsed:,.0f} tokens/s{eta}",
+              file=sys.stderr, flush=True)
 
     def on_predict_batch_end(
         self,
@@ -256,6 +343,8 @@ class RunWriterCallback(BasePredictionWriter):
             "padded_tokens": self.padded_tokens,
             "padding_fraction": round(1 - self.real_tokens / self.padded_tokens, 4) if self.padded_tokens else 0.0,
             "first_batch_unix": self._first_batch_unix,
+            "truncated": self.truncated,
+            "longest_before_truncation": self.longest,
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         }
 
@@ -273,28 +362,86 @@ class RunWriterCallback(BasePredictionWriter):
         """
         assert self.writer is not None
         self._drain()
-        self.writer.close(finished=True)
+        try:
+            self.writer.close(finished=True)
+        except OSError as exc:
+            raise _as_storage_error(exc, self.path, self.writer) from exc
         self._record("done")
         seen = collectives.all_gather(self._seen)  # also the barrier: every rank wrote its share
+        cut = collectives.all_gather((self.truncated, self.longest))
+        truncated, longest = sum(c for c, _ in cut), max(n for _, n in cut)
+        if truncated and trainer.global_rank == 0:
+            log.warning(
+                "%d example(s) were longer than max_length=%s tokens and were cut (the longest had %d); set "
+                "data.max_length (up to the model's limit) to keep more", truncated, self.max_length, longest,
+            )
+        streamed = self.layout is not None and self.layout.n_examples is None
+        if streamed and max(seen) == 0 and not len(self.writer.before) and not self.allow_empty:  # same on every rank
+            raise DatasetError(
+                "The stream gave no examples, so there is nothing to extract. Check the input, or pass "
+                "allow_empty=True (data.allow_empty=true) to write an empty run on purpose."
+            )
+        failed: BaseException | None = None
+        total: dict[str, Any] = self.stats()
         if trainer.global_rank == 0:
             n = None
-            if self.layout is not None and self.layout.n_examples is None:  # a stream ends where it was read to
+            if streamed:  # a stream ends where it was read to
                 n = max(max(seen), self.writer.done_ranges().max_stop())
-            meta = self.writer.finalize(stats={"world_size": trainer.world_size}, n_examples=n)
-            total: dict[str, Any] = {**meta["stats"]["total"], "finalize_seconds": meta["stats"]["finalize_seconds"]}
-        else:
-            total = self.stats()
-        collectives.broadcast(None)  # the run is completed for every rank
+            try:
+                meta = self.writer.finalize(
+                    stats={"world_size": trainer.world_size, "truncated": truncated,
+                           "longest_before_truncation": longest},
+                    n_examples=n, on_nonfinite=self.on_nonfinite,
+                )
+                total = {**meta["stats"]["total"], "finalize_seconds": meta["stats"]["finalize_seconds"]}
+            except (ProbingError, OSError) as exc:  # every rank raises it, instead of waiting for rank 0
+                failed = _as_storage_error(exc, self.path, self.writer)
+        failed = collectives.broadcast(failed)  # also the barrier: the run is completed for every rank
+        if failed is not None:
+            raise failed
         return total
+
+    def release(self) -> None:
+        """Give back the run's lease (rank 0), whatever happened; safe to call twice."""
+        if self.writer is not None:
+            self.writer.release()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if self.writer is not None:
             try:
                 self._drain()
+            except Exception as exc:  # noqa: BLE001 - the batches that could not be written are recomputed
+                log.warning("after the error, %d queued batch(es) were not written (%s)", self._queue.qsize(), exc)
+            try:
                 self.writer.close()  # keep every whole row computed so far, for resume
                 self._record(f"stopped: {type(exception).__name__}")
-            except Exception:  # noqa: BLE001 - do not mask the original error
-                log.exception("could not write the run's rows after an error")
+            except Exception as exc:  # noqa: BLE001 - do not mask the original error; what is durable stays
+                log.warning("after the error, the rows held in memory could not be written either (%s: %s); "
+                            "the %d examples already durable are kept for resume", type(exc).__name__, exc,
+                            self.writer.rows_written)
+
+
+def _as_storage_error(error: BaseException, path: str, writer: RunWriter | None) -> BaseException:
+    """A write the storage refused (disk full, quota, read-only) as one clear `StorageWriteError`."""
+    cause: BaseException | None = error
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    if not isinstance(cause, OSError) or isinstance(error, ProbingError):
+        return error
+    kept = writer.rows_written + len(writer.before) if writer is not None else 0
+    return StorageWriteError(
+        f"Writing the run at {path} failed: {cause.strerror or cause} ({type(cause).__name__}"
+        f"{f', errno {cause.errno}' if cause.errno else ''}). The {kept} examples already stored are kept: free "
+        "space (or fix the permissions), then run the same command with resume=true to compute the rest."
+    )
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 def _carried(batch: Any, key: str) -> dict[str, list[Any]] | None:

@@ -109,6 +109,10 @@ class ArrayStore(ABC):
         """Bytes an array takes on disk, where the backend can tell."""
         return None
 
+    def missing_chunks(self, path: str) -> list[tuple[int, int]]:
+        """Row ranges of the chunks (shards) of ``path`` that are not stored (backends that can lose one)."""
+        return []
+
     def close(self) -> None:  # noqa: B027 - backends without handles
         """Release file handles. Safe to call twice."""
 

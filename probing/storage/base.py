@@ -93,8 +93,9 @@ def check_can_write(run_path: str, completed: bool, resume: bool) -> None:
         )
     if not resume:
         raise RunExistsError(
-            f"An incomplete run exists at {run_path} (interrupted?). Pass resume=true to compute only "
-            "what is missing, or choose another run_id / delete it."
+            f"An incomplete run exists at {run_path}, and no job is writing it now (a running one holds its "
+            "lease and would be named here): its last job was interrupted or failed. Pass resume=true to "
+            "compute only what is missing, or choose another run_id / delete it."
         )
 
 
@@ -192,6 +193,7 @@ class Storage:
         share: Ranges | None = None,
         row_starts: np.ndarray | None = None,
         token_counts: np.ndarray | None = None,
+        lease_timeout: float | None = None,
     ) -> RunWriter:
         """Open a run for writing: rank 0 creates it (or checks it and starts a new attempt with
         ``resume``), every other rank joins it (after rank 0, e.g. behind a barrier).
@@ -205,7 +207,10 @@ class Storage:
                 and written by one process.
             share: the example ids this rank writes (default: all). Token-level runs: ``row_starts``,
                 the first row of each example of the share and the end of the last; ``token_counts``.
+            lease_timeout: rank 0 holds the run's lease (`probing.storage.lease`) until finalize; a
+                lease without a heartbeat for this many seconds is stale (default 120).
         """
+        from probing.storage.lease import DEFAULT_TIMEOUT
         from probing.storage.writer import create_or_resume, join_run
 
         if world_size > 1 and not self.supports_concurrent_writers:
@@ -219,7 +224,8 @@ class Storage:
         if rank == 0:
             return create_or_resume(self, run_id, path, meta, resume=resume, layout=layout, share=share,
                                     row_starts=row_starts, token_counts=token_counts, world_size=world_size,
-                                    check=metadata is not None)
+                                    check=metadata is not None,
+                                    lease_timeout=DEFAULT_TIMEOUT if lease_timeout is None else lease_timeout)
         return join_run(self, run_id, path, rank=rank, world_size=world_size, share=share, row_starts=row_starts,
                         token_counts=token_counts)
 

@@ -15,11 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from probing.errors import ConfigError, LayerNotFoundError, RunIncompleteError, close_matches
+from probing.errors import ConfigError, DamagedRunError, LayerNotFoundError, RunIncompleteError, close_matches
 from probing.storage.arrays import ArrayStore
 from probing.storage.columns import decode
-from probing.storage.layout import EXAMPLES, MISSING_SUFFIX, PARTS, ROWS, Column, RunLayout, layer_path
+from probing.storage.layout import EXAMPLES, LAYERS, MISSING_SUFFIX, PARTS, ROWS, Column, RunLayout, layer_path
 from probing.storage.ranges import Ranges
+from probing.storage.verify import damaged
 
 
 class RunReader:
@@ -41,6 +42,14 @@ class RunReader:
         self._done: Ranges | None = None
         # partial token-level runs: first row, rows and tokens of each done example, from the parts
         self._place: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        # layers where the run recorded NaN/inf (kept with on_nonfinite=warn/ignore): NaN there is data
+        self._may_hold_nan = {layer_path(k) for k, v in (self.metadata.get("nonfinite") or {}).items() if v}
+        if not self.partial and self.layout is not None:
+            try:
+                self._check_shapes()
+            except DamagedRunError:
+                store.close()
+                raise
         if self.partial:
             if not allow_partial:
                 store.close()
@@ -101,7 +110,7 @@ class RunReader:
         """Row offsets ``[n_examples + 1]``: example ``i`` owns rows ``offsets[i]:offsets[i + 1]``."""
         if not self.ragged:
             return np.arange(self.n_examples + 1, dtype=np.int64)
-        counts = self._place[1] if self._place is not None else self.store.read(f"{EXAMPLES}/row_counts")
+        counts = self._place[1] if self._place is not None else self._read(f"{EXAMPLES}/row_counts")
         return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
     @property
@@ -133,6 +142,57 @@ class RunReader:
             f"Layer {layer!r} is not in this run.{close_matches(str(layer), keys)} Stored layers: {keys}."
         )
 
+    # -- checked reads -----------------------------------------------------------------------------
+    def _read(self, path: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        """Read rows of an array; a chunk that fails its checksum, or a layer's rows that read as NaN
+        where the run recorded none (a missing chunk reads as NaN), is a `DamagedRunError`."""
+        try:
+            out = self.store.read(path, start, stop)
+        except Exception as exc:  # noqa: BLE001 - zarr raises ValueError, h5py OSError, for a bad chunk
+            a, b = self._bad_chunk(path, start, stop)
+            raise damaged(self.path, path, a, b, exc) from exc
+        layer = path.startswith(LAYERS + "/") and path not in self._may_hold_nan and out.dtype.kind == "f"
+        if layer and out.size and not np.isfinite(out).all():
+            finite = np.isfinite(out).reshape(len(out), -1).all(axis=1)
+            if not finite.all():
+                first = int(np.flatnonzero(~finite)[0]) + (start or 0)
+                raise damaged(self.path, path, first, first + int((~finite).sum()), None)
+        return out
+
+    def _bad_chunk(self, path: str, start: int | None, stop: int | None) -> tuple[int | None, int | None]:
+        """The rows of the first chunk in ``start..stop`` that cannot be read (to name it in the error)."""
+        try:
+            unit = max(1, self.store.chunk_rows(path))
+            lo, hi = start or 0, self.store.shape(path)[0] if stop is None else stop
+        except Exception:  # noqa: BLE001 - the error names the whole range then
+            return start, stop
+        for a in range((lo // unit) * unit, hi, unit):
+            try:
+                self.store.read(path, max(a, lo), min(hi, a + unit))
+            except Exception:  # noqa: BLE001
+                return max(a, lo), min(hi, a + unit)
+        return start, stop
+
+    def verify(self) -> list[str]:
+        """Read every stored array whole, chunk by chunk, and return what is damaged (empty: intact).
+
+        Checks each array's shape against the run's layout, that every chunk exists, that every chunk
+        passes its checksum, and that layers hold no NaN/inf the run did not record."""
+        from probing.storage.verify import verify_run
+
+        return verify_run(self)
+
+    def _check_shapes(self) -> None:
+        """A completed run's arrays have the lengths its layout says (an edited shape is damage)."""
+        from probing.storage.verify import shape_problems
+
+        problems = shape_problems(self)
+        if problems:
+            raise DamagedRunError(
+                f"The run at {self.path} is damaged: {'; '.join(problems[:3])}. `probing info --verify "
+                f"{self.path}` checks it whole; recompute it (a new run) to recover."
+            )
+
     # -- arrays ------------------------------------------------------------------------------------
     def _row_spans(self) -> Ranges | None:
         """The rows to read: None for a completed run (all), else those of the done examples."""
@@ -146,8 +206,8 @@ class RunReader:
 
     def _read_spans(self, path: str, spans: Ranges | None) -> np.ndarray:
         if spans is None:
-            return self.store.read(path)
-        pieces = [self.store.read(path, a, b) for a, b in spans]
+            return self._read(path)
+        pieces = [self._read(path, a, b) for a, b in spans]
         if pieces:
             return np.concatenate(pieces)
         shape = self.store.shape(path)[1:]
@@ -170,7 +230,7 @@ class RunReader:
         while k < len(rows):
             a = int(rows[k])
             m = int(np.searchsorted(rows, a + block_rows, side="left"))
-            block = self.store.read(path, a, int(rows[m - 1]) + 1)
+            block = self._read(path, a, int(rows[m - 1]) + 1)
             out[k:m] = block[rows[k:m] - a]
             k = m
         return out
@@ -188,11 +248,11 @@ class RunReader:
             if self.ragged:
                 assert self._place is not None
                 start, count = int(self._place[0][example]), int(self._place[1][example])
-                return self.store.read(path, start, start + count)
+                return self._read(path, start, start + count)
             eid = int(self.example_ids[example])
-            return self.store.read(path, eid, eid + 1)
+            return self._read(path, eid, eid + 1)
         offs = self.offsets
-        return self.store.read(path, int(offs[example]), int(offs[example + 1]))
+        return self._read(path, int(offs[example]), int(offs[example + 1]))
 
     def iter_batches(self, layer: int | str, batch_size: int = 1024) -> Iterator[np.ndarray]:
         """Rows of a layer in order, ``batch_size`` at a time, never the whole layer in memory."""
@@ -205,7 +265,7 @@ class RunReader:
             spans = Ranges.span(0, total)
         for a, b in spans:
             for s in range(a, b, batch_size):
-                yield self.store.read(path, s, min(b, s + batch_size))
+                yield self._read(path, s, min(b, s + batch_size))
 
     def _column(self, group: str, field: str) -> np.ndarray:
         layout = self.layout

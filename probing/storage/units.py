@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from probing.faults import fault_point
 from probing.storage.arrays import ArrayStore
 from probing.storage.ranges import Ranges
 
@@ -222,6 +223,7 @@ def stitch_seams(store: ArrayStore, parts_group: str, parts: list[str]) -> int:
                     continue
                 for name, path in attrs["columns"].items():
                     store.write(path, int(attrs["start"]), store.read(f"{group}/{name}"))
+                    fault_point("stitch")
                 copied += int(attrs["stop"]) - int(attrs["start"])
         store.delete(base)
     return copied

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from probing.errors import ConfigError, RunIncompleteError
+from probing.errors import ConfigError, NonFiniteError, RunIncompleteError
 from probing.faults import fault_point
 from probing.storage.base import check_can_write, check_resume, total_progress, utc_now
 from probing.storage.columns import encode, infer_column, storage_dtype
@@ -39,6 +40,7 @@ from probing.storage.layout import (
     make_layout,
     part_name,
 )
+from probing.storage.lease import DEFAULT_TIMEOUT, Lease, acquire
 from probing.storage.ranges import Ranges
 from probing.storage.units import ColumnSpec, UnitBuffer, ragged_index, stitch_seams
 
@@ -60,6 +62,7 @@ def create_arrays(store: ArrayStore, layout: RunLayout, dtype: np.dtype[Any], co
              codec: bool = False) -> None:
         if not store.exists(path):
             store.create(path, rows, shape, dt, chunk, shard_rows=unit, compress=codec)
+            fault_point("after_create")  # an array's metadata is written, none of its chunks
 
     rows, n = layout.rows, layout.n_examples
     for key, shape in layout.layers.items():
@@ -109,8 +112,37 @@ def create_or_resume(
     token_counts: np.ndarray | None,
     world_size: int,
     check: bool,
+    lease_timeout: float = DEFAULT_TIMEOUT,
 ) -> RunWriter:
-    """Rank 0's open: a new run (metadata, then every array), or a checked new attempt of an incomplete one."""
+    """Rank 0's open: take the run's lease, then a new run (metadata, then every array), or a checked new
+    attempt of an incomplete one. The lease is held until `RunWriter.finalize` or `RunWriter.release`."""
+    lease = acquire(path, lease_timeout)
+    try:
+        writer = _create_or_resume(storage, run_id, path, meta, resume=resume, layout=layout, share=share,
+                                   row_starts=row_starts, token_counts=token_counts, world_size=world_size,
+                                   check=check)
+    except BaseException:
+        lease.release()
+        raise
+    writer.lease = lease
+    weakref.finalize(writer, lease.release)  # a writer dropped without finalize does not hold the run for ever
+    return writer
+
+
+def _create_or_resume(
+    storage: Storage,
+    run_id: str,
+    path: str,
+    meta: dict[str, Any],
+    *,
+    resume: bool,
+    layout: RunLayout | None,
+    share: Ranges | None,
+    row_starts: np.ndarray | None,
+    token_counts: np.ndarray | None,
+    world_size: int,
+    check: bool,
+) -> RunWriter:
     from probing.storage.base import is_url
     from probing.storage.registry import backend_of
 
@@ -151,9 +183,12 @@ def create_or_resume(
                     world_size=world_size)
         if layout is not None:
             meta["layout"] = layout.to_dict()
-            create_arrays(store, layout, storage.dtype, storage.compress)
         store.set_attrs(PARTS, {})
-        store.set_attrs("", {"probing": meta})  # last: the folder is a run only once its arrays exist
+        # first: from here on the folder is an incomplete run, so a stop while the arrays are created is
+        # finished by a resume (which creates the missing ones), never a folder no command will touch
+        store.set_attrs("", {"probing": meta})
+        if layout is not None:
+            create_arrays(store, layout, storage.dtype, storage.compress)
     return RunWriter(storage, store, run_id, path, meta, rank=0, world_size=world_size, share=share,
                      row_starts=row_starts, token_counts=token_counts)
 
@@ -234,10 +269,14 @@ class RunWriter:
         self.done = Ranges()  # done by this writer (this attempt)
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # ids, first rows, row counts
         self._pending_ids = np.zeros(0, dtype=np.int64)
+        # non-finite values per layer: [values, values that overflowed the storage dtype, examples, first ids]
+        self.nonfinite: dict[str, list[Any]] = {}
+        self._pending_bad: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []  # layer, ids, bad, overflowed
         self.before = done_ranges(part_states(store))[0] if self.attempt else Ranges()  # done by earlier attempts
         self.layout: RunLayout | None = None
         self._tables: dict[str, UnitBuffer] = {}
         self._place: dict[str, Any] = {}
+        self.lease: Lease | None = None  # rank 0's hold on the run (every rank works under it)
         if "layout" in meta:
             self._open_tables(RunLayout.from_dict(meta["layout"]))
         self._commit()
@@ -366,6 +405,7 @@ class RunWriter:
         else:
             starts, lengths, rows = ids, np.ones(len(ids), dtype=np.int64), ids
         data = {layer_path(k): np.asarray(v, dtype=self.storage.dtype) for k, v in activations.items()}
+        self._count_nonfinite(ids, lengths, activations, data)
         for name, value in (metadata.get("row_fields") or {}).items():
             if name in layout.row_fields:
                 data[f"{ROWS}/{name}"] = np.asarray(value, dtype=layout.row_fields[name])
@@ -383,6 +423,27 @@ class RunWriter:
         self._pending_ids = np.concatenate([self._pending_ids, ids])
         if wrote:
             self._mark_done()
+
+    def _count_nonfinite(self, ids: np.ndarray, lengths: np.ndarray, source: Mapping[str, np.ndarray],
+                         stored: Mapping[str, np.ndarray]) -> None:
+        """Count NaN/inf per layer and example in what is stored (after the cast to the storage dtype: a
+        float16 overflow is an inf), and how many were finite before the cast. Counted once the example is
+        durable (`_mark_done`), so a resume that recomputes an example does not count it twice."""
+        for key, src in source.items():
+            out = stored[layer_path(key)]
+            finite = np.isfinite(out)
+            if finite.all():
+                continue
+            flat = finite.reshape(len(out), -1)
+            bad_rows = (~flat).sum(axis=1)
+            over_rows = (np.isfinite(np.asarray(src)).reshape(len(out), -1) & ~flat).sum(axis=1)
+            ends = np.cumsum(lengths)
+            bad_sum = np.concatenate([[0], np.cumsum(bad_rows)])
+            over_sum = np.concatenate([[0], np.cumsum(over_rows)])
+            per_example = bad_sum[ends] - bad_sum[ends - lengths]
+            over_example = over_sum[ends] - over_sum[ends - lengths]
+            hit = per_example > 0
+            self._pending_bad.append((key, ids[hit], per_example[hit], over_example[hit]))
 
     def _first_rows(self, ids: np.ndarray) -> np.ndarray:
         assert self._row_starts is not None and self.share is not None
@@ -410,17 +471,38 @@ class RunWriter:
             ok &= self._tables["examples"].durable.contains(ids)
         if not ok.any():
             return
-        self.done = self.done | Ranges.of(ids[ok])
+        newly = Ranges.of(ids[ok])
+        self.done = self.done | newly
         self.rows_written += int(ok.sum())
+        self._settle_nonfinite(newly)
+        fault_point("before_record")  # the rows are on disk, their examples not yet recorded as done
         keep = ~ok
         self._pending = [(ids[keep], starts[keep], lengths[keep])] if keep.any() else []
         self._pending_ids = ids[keep]
         self._commit()
         fault_point("after_flush")
 
+    def _settle_nonfinite(self, newly: Ranges) -> None:
+        keep = []
+        for key, ids, bad, over in self._pending_bad:
+            now = newly.contains(ids)
+            if now.any():
+                rec = self.nonfinite.setdefault(key, [0, 0, 0, []])
+                rec[0] += int(bad[now].sum())
+                rec[1] += int(over[now].sum())
+                rec[2] += int(now.sum())
+                rec[3] = sorted([*rec[3], *ids[now][:10].tolist()])[:10]
+            if not now.all():
+                keep.append((key, ids[~now], bad[~now], over[~now]))
+        self._pending_bad = keep
+
     # -- progress --------------------------------------------------------------------------------
     def _commit(self) -> None:
+        if self.lease is not None:
+            self.lease.check()
         state = {"done": self.done.to_list(), "progress": self._progress, "finished": self._finished, **self._place}
+        if self.nonfinite:
+            state["nonfinite"] = self.nonfinite
         self.store.set_attrs(self.part_group, state)
 
     def record_progress(self, progress: Mapping[str, Any]) -> None:
@@ -455,13 +537,19 @@ class RunWriter:
         *,
         stats: Mapping[str, Any] | None = None,
         n_examples: int | None = None,
+        on_nonfinite: str = "error",
     ) -> dict[str, Any]:
         """Check that every example is stored exactly once, put the seams in place, mark the run completed.
 
         Call once, from rank 0, after every rank has closed. ``example_metadata`` (the seed API) adds
         per-example columns given whole; ``n_examples`` is the count of a streamed dataset. Raises
-        `RunIncompleteError` if any example is missing. Returns the final run metadata.
+        `RunIncompleteError` if any example is missing. ``on_nonfinite``: what NaN/inf activations (and
+        values beyond float16's range, stored as inf) get: ``error`` (`NonFiniteError`, the run stays
+        incomplete and a resume with another choice finishes it), ``warn`` (a warning; stored), ``ignore``.
+        Returns the final run metadata.
         """
+        if on_nonfinite not in NONFINITE_CHOICES:
+            raise ConfigError(f"on_nonfinite={on_nonfinite!r}: expected one of {NONFINITE_CHOICES}.")
         t0 = time.perf_counter()
         if not self._closed:
             self.close(finished=True)
@@ -485,6 +573,17 @@ class RunWriter:
         unfinished = [p for p in current if p in states and not states[p].get("finished")]
         if unfinished:
             raise RunIncompleteError(f"Run {self.path}: parts {unfinished} did not finish writing; resume the run.")
+        nonfinite = sum_nonfinite(states)
+        if nonfinite and on_nonfinite != "ignore":
+            message = describe_nonfinite(nonfinite, self.storage.dtype)
+            if on_nonfinite == "error":
+                self.release()
+                raise NonFiniteError(
+                    f"Run {self.path}: {message}. The run stays incomplete. Check the model and its dtype (float16 "
+                    "weights overflow easily; storage.dtype=float32 holds any float32 value), or keep the values "
+                    "with resume=true on_nonfinite=warn (nothing is computed again)."
+                )
+            log.warning("run %s: %s (kept: on_nonfinite=warn)", self.path, message)
         stitch_seams(self.store, PARTS, sorted(states))
         if layout is None:  # the seed API with no batch at all
             hidden = int(meta.get("hidden_size") or 0)
@@ -511,10 +610,14 @@ class RunWriter:
             finished=utc_now(),
             mode=meta.get("mode", "tokens" if layout.ragged else "pooled"),
             total_rows=int(layout.rows or 0),
+            nonfinite=nonfinite,
         )
         meta.setdefault("dataset", {})["n_examples"] = n
+        total = total_progress(progress)
+        # what is stored, from the done ranges (a killed attempt's last progress record may lag its rows)
+        total["computed_examples"], total["examples"] = total["examples"], len(done)
         meta["stats"] = {
-            "total": total_progress(progress), **(stats or {}), "parts": progress,
+            "total": total, **(stats or {}), "parts": progress,
             "finalize_seconds": round(time.perf_counter() - t0, 3),
         }
         fault_point("finalize")
@@ -522,7 +625,14 @@ class RunWriter:
         self.store.delete(PARTS)  # ...then the parts are only clean-up
         self.store.set_attrs(PARTS, {})
         self.store.close()
+        self.release()
         return meta
+
+    def release(self) -> None:
+        """Give back the run's lease (rank 0): another job may write the run from now on."""
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
 
     def _all_arrays(self, group: str = "") -> list[str]:
         out = []
@@ -563,7 +673,38 @@ class RunWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        try:
+            self.close()
+        finally:
+            self.release()
+
+
+NONFINITE_CHOICES = ("error", "warn", "ignore")
+
+
+def sum_nonfinite(states: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Non-finite counts per layer over every part (parts hold disjoint examples: the sums are exact)."""
+    out: dict[str, dict[str, Any]] = {}
+    for state in states.values():
+        for key, (values, overflow, examples, first) in (state.get("nonfinite") or {}).items():
+            rec = out.setdefault(key, {"values": 0, "overflow": 0, "examples": 0, "first_ids": []})
+            rec["values"] += int(values)
+            rec["overflow"] += int(overflow)
+            rec["examples"] += int(examples)
+            rec["first_ids"] = sorted([*rec["first_ids"], *first])[:10]
+    return out
+
+
+def describe_nonfinite(nonfinite: Mapping[str, Mapping[str, Any]], dtype: np.dtype[Any]) -> str:
+    """``layer 3: 12,800 NaN/inf values in 100 examples (first ids [0, 1, 2])``, per layer."""
+    parts = []
+    for key, rec in nonfinite.items():
+        over = rec["overflow"]
+        why = (f", {over:,} of them finite values beyond {dtype}'s range (±{float(np.finfo(dtype).max):.0f})"
+               if over else "")
+        parts.append(f"layer {key}: {rec['values']:,} NaN/inf values{why} in {rec['examples']:,} examples "
+                     f"(first ids {rec['first_ids']})")
+    return "; ".join(parts)
 
 
 def _buffer_dtype(col: Column) -> Any:

@@ -49,10 +49,11 @@ def _open_group(path: str, mode: str) -> Any:
 class ZarrArrays(ArrayStore):
     """`ArrayStore` over one zarr group (a run folder or URL)."""
 
-    def __init__(self, path: str, mode: str, compressors: Any = None) -> None:
+    def __init__(self, path: str, mode: str, compressors: Any = None, checksums: bool = True) -> None:
         self.path = path
         self.group = _open_group(path, mode)
         self.compressors = compressors
+        self.checksums = checksums
         # array handles: a run's arrays keep their metadata while it is written (only rank 0 creates or
         # resizes them), so a handle is looked up once instead of re-reading zarr.json for every write
         self._handles: dict[str, Any] = {}
@@ -83,16 +84,25 @@ class ZarrArrays(ArrayStore):
         shard_rows: int | None = None,
         compress: bool = False,
     ) -> None:
+        from zarr.codecs import Crc32cCodec, ZstdCodec
+
         n = PROVISIONAL_ROWS if rows is None else rows
         kwargs: dict[str, Any] = {}
         if shard_rows and shard_rows != chunk_rows:
             kwargs["shards"] = (shard_rows, *shape)
+        # texts and labels compress well (activations do not): strings always get zstd (zarr's default)
+        codecs = [ZstdCodec(level=0)] if _is_str(dtype) else [self.compressors] if compress and self.compressors else []
+        if self.checksums:  # each chunk carries its crc32c: a changed byte is an error on read, not a value
+            codecs.append(Crc32cCodec())
+        floating = not _is_str(dtype) and np.dtype(dtype).kind == "f"
         self._handles[path] = self.group.create_array(
             path,
             shape=(n, *shape),
             chunks=(chunk_rows, *shape),
             dtype=str if _is_str(dtype) else dtype,
-            compressors=self.compressors if compress else None,
+            compressors=codecs or None,
+            # a chunk that is missing reads as NaN, which the reader refuses (0 would look like data)
+            fill_value=np.nan if floating else None,
             overwrite=True,
             # activations are never all zeros: skip zarr's per-chunk "is it all fill value?" scan
             config={"write_empty_chunks": True},
@@ -149,6 +159,19 @@ class ZarrArrays(ArrayStore):
     def native(self, path: str) -> Any:
         return self.group[path]
 
+    def missing_chunks(self, path: str) -> list[tuple[int, int]]:
+        from zarr.core.array import _shards_initialized
+        from zarr.core.sync import sync
+
+        arr = self._array(path)
+        if arr.nchunks_initialized == arr.nchunks:
+            return []
+        present = set(sync(_shards_initialized(arr._async_array)))
+        unit, n = int((arr.shards or arr.chunks)[0]), int(arr.shape[0])
+        zeros = (0,) * (arr.ndim - 1)
+        return [(a, min(n, a + unit)) for i, a in enumerate(range(0, n, unit))
+                if arr.metadata.encode_chunk_key((i, *zeros)) not in present]
+
     def stored_bytes(self, path: str) -> int | None:
         try:
             return int(self._array(path).nbytes_stored())
@@ -187,6 +210,9 @@ class ZarrStorage(Storage):
         compression_level: the codec's level (default 3).
         shard_chunks: if set, store that many chunks per shard file (fewer files for small chunks).
             The write unit is then a shard: each rank holds up to one shard per layer in memory.
+        checksums: store a crc32c with every chunk (zarr's ``crc32c`` codec; default on): a damaged
+            chunk is an error when read, and ``probing info --verify`` finds it. Costs are in
+            docs/reliability.md.
     """
 
     name = "zarr"
@@ -201,8 +227,10 @@ class ZarrStorage(Storage):
         compressor: str = "none",
         compression_level: int | None = None,
         shard_chunks: int | None = None,
+        checksums: bool = True,
     ) -> None:
         super().__init__(root, dtype=dtype, chunk_rows=chunk_rows)
+        self.checksums = checksums
         if shard_chunks is not None and shard_chunks < 1:
             raise ConfigError(f"shard_chunks must be >= 1, got {shard_chunks}.")
         self.compressor = compressor
@@ -218,6 +246,7 @@ class ZarrStorage(Storage):
             "compressor": self.compressor,
             "compression_level": self.compression_level,
             "shard_chunks": self.shard_chunks,
+            "checksums": self.checksums,
         }
 
     @property
@@ -225,7 +254,7 @@ class ZarrStorage(Storage):
         return self.compressor != "none"
 
     def open_store(self, path: str, mode: str) -> ZarrArrays:
-        return ZarrArrays(path, mode, self._compressors)
+        return ZarrArrays(path, mode, self._compressors, self.checksums)
 
     @staticmethod
     def detect(path: str) -> bool:
