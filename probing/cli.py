@@ -24,8 +24,8 @@ commands:
                     python -m probing +model=distilbert +strategy=mean layers=[0,3,-1] data.limit=500
   probe RUN       probe every layer of a stored run (baselines, control task, CIs; CSV, JSON, PNG)
                     python -m probing probe runs/<run id> --labels tense,number
-  info RUN        what a run holds: settings, progress, arrays and sizes
-                    python -m probing info runs/<run id>
+  info RUN        what a run holds: settings, progress, arrays and sizes (--verify: check every chunk)
+                    python -m probing info runs/<run id> --verify
   layers MODEL    a model's hook points: block indices, the embeddings, module names (no weights loaded)
                     python -m probing layers openai-community/gpt2
 

@@ -309,7 +309,8 @@ STRATEGIES: dict[str, type[ExtractionStrategy]] = {
 def get_strategy(name: str, **kwargs: Any) -> ExtractionStrategy:
     """Build a built-in strategy by name (``last``, ``mean``, ``max``, ``cls``, ``tokens``, ``words``).
 
-    Options that the strategy does not take are ignored (the config carries the options of all).
+    An option the strategy does not take is an error naming the ones it does (the CLI builds
+    strategies from their typed configs with ``instantiate``; this is the Python shortcut).
     """
     try:
         cls = STRATEGIES[name]
@@ -319,5 +320,11 @@ def get_strategy(name: str, **kwargs: Any) -> ExtractionStrategy:
         ) from None
     import inspect
 
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    return cls(**{k: v for k, v in kwargs.items() if k in accepted})
+    plain = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    accepted = {n for n, p in inspect.signature(cls.__init__).parameters.items() if p.kind in plain} - {"self"}
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ConfigError(
+            f"Strategy {name!r} takes no option {unknown[0]!r}; its options: {sorted(accepted) or 'none'}."
+        )
+    return cls(**kwargs)

@@ -96,3 +96,12 @@ def test_every_option_has_one_default_in_the_schema():
     assert sorted(p.relative_to(conf).as_posix() for p in conf.rglob("*.yaml")) == [
         "config.yaml", "hydra/launcher/submitit_slurm.yaml"
     ]
+
+
+def test_get_strategy_refuses_options_the_strategy_does_not_take():
+    from probing import get_strategy
+    from probing.errors import ConfigError
+
+    assert get_strategy("cls", use_pooler=True).use_pooler is True
+    with pytest.raises(ConfigError, match=r"Strategy 'mean' takes no option 'use_pooler'; its options: none"):
+        get_strategy("mean", use_pooler=True)

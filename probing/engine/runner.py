@@ -319,8 +319,6 @@ class DatasetRunner:
         row_fields = {"tokens": {"token_id": "int64"}, "words": {"word_index": "int64"}}.get(
             self.extractor.strategy.mode, {}
         )
-        if self.extractor.strategy.mode == "tokens":  # each row's token as a string, beside its id
-            row_columns = {**row_columns, "token": Column("str")}
         bar = self.progress is True or (self.progress == "auto" and sys.stderr.isatty())
         writer = RunWriterCallback(
             self.storage,

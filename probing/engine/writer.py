@@ -161,6 +161,10 @@ class RunWriterCallback(BasePredictionWriter):
                 )
             except ProbingError as exc:  # every rank raises it, instead of waiting for rank 0
                 opened = exc
+            if self.writer is not None and "token_id" in self.row_fields and self.tokenizer is not None:
+                # token strings: the tokenizer's vocabulary, once per run (``row_metadata("token")`` maps the
+                # stored ids through it), instead of a string per row
+                self.writer.write_vocabulary(self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer)))))
         opened = collectives.broadcast(opened)  # also the barrier: the run exists from here on
         if opened is not None:
             raise opened
@@ -272,9 +276,6 @@ class RunWriterCallback(BasePredictionWriter):
             meta["row_counts"] = prediction["row_counts"].cpu().numpy()
             meta["row_fields"] = {k: v.cpu().numpy() for k, v in prediction["row_fields"].items()}
             meta["row_columns"] = _carried(batch, "row_columns")
-            if "token" in self.row_columns and "token_id" in meta["row_fields"]:
-                strings = self.tokenizer.convert_ids_to_tokens(meta["row_fields"]["token_id"].tolist())
-                meta["row_columns"] = {**(meta["row_columns"] or {}), "token": strings}
         if self._error is not None:
             self._drain()
         if self._thread is not None:

@@ -293,9 +293,13 @@ class RunReader:
         return self._column(EXAMPLES, field)
 
     def row_metadata(self, field: str) -> np.ndarray:
-        """Per-row values (token-level runs): ``token_id``, ``word_index``, or per-word labels."""
+        """Per-row values (token-level runs): ``token_id``, ``token`` (its string), ``word_index``, or
+        per-word labels."""
         if field not in self.row_fields:
             raise KeyError(f"No per-row field {field!r}; stored: {self.row_fields}.")
+        if field == "token" and self.store.exists("vocab") and not self.store.exists(f"{ROWS}/token"):
+            vocab = self.store.read("vocab")
+            return vocab[self._column(ROWS, "token_id")]
         return self._column(ROWS, field)
 
     def column(self, field: str) -> Column | None:

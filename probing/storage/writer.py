@@ -27,6 +27,7 @@ import numpy as np
 
 from probing.errors import ConfigError, NonFiniteError, RunIncompleteError
 from probing.faults import fault_point
+from probing.storage.arrays import STR
 from probing.storage.base import check_can_write, check_resume, total_progress, utc_now
 from probing.storage.columns import encode, infer_column, storage_dtype
 from probing.storage.layout import (
@@ -51,6 +52,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TOKEN_COUNTS = f"{EXAMPLES}/token_counts"
+#: the tokenizer's vocabulary of a token-level run: token strings by id
+VOCAB = "vocab"
 ROW_COUNTS = f"{EXAMPLES}/row_counts"
 
 
@@ -349,6 +352,14 @@ class RunWriter:
         plan.put(share.values(), {TOKEN_COUNTS: tokens, ROW_COUNTS: rows})
         plan.flush()
 
+    def write_vocabulary(self, strings: Sequence[str | None]) -> None:
+        """The tokenizer's vocabulary (string of each token id), stored once per run as `VOCAB`."""
+        if self.store.exists(VOCAB):
+            return
+        values = np.asarray(["" if t is None else str(t) for t in strings], dtype=object)
+        self.store.create(VOCAB, len(values), (), STR, max(1, min(len(values), 65536)))
+        self.store.write(VOCAB, 0, values)
+
     def _lazy_layout(self, activations: Mapping[str, np.ndarray], ragged: bool) -> None:
         """The seed API: the first batch gives the layers' shapes; one writer, pooled rows."""
         if ragged:
@@ -600,6 +611,8 @@ class RunWriter:
             kind = self._write_whole_column(layout, name, values, n)
             (row_fields if kind == ROWS else fields).append(name)
         fields += [f for f in layout.example_columns if f not in fields]
+        if self.store.exists(VOCAB) and "token_id" in layout.row_fields:
+            row_fields.append("token")  # read through the vocabulary
         progress = {p: s.get("progress") for p, s in states.items()}
         meta.update(
             layout=layout.to_dict(),
