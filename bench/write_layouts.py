@@ -11,6 +11,9 @@ handed to it:
 - order index: the parts only; a reader keeps (part, row) for every example and gathers rows.
 
 Then times the reads that matter: the whole layer, 10k contiguous examples, 2,000 random examples.
+Every layout stores a crc32c per chunk, as `probing` does (docs/reliability.md). The direct writer is
+`probing`'s own, called once per batch of 32 (its per-batch bookkeeping is in its write time); the
+other two write whole chunks with bare zarr calls.
 
     python bench/write_layouts.py [--n 200000] [--dim 1024] [--out bench/results/write_layouts.json]
 """
@@ -27,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.codecs import Crc32cCodec
 
 from probing.storage.ranges import Ranges
 from probing.storage.zarr_store import ZarrStorage
@@ -102,7 +106,7 @@ def parts(root: str, n: int, dim: int, counting: Counting, merge: bool) -> dict[
     t0 = time.perf_counter()
     for r, ids in enumerate(arrival_orders(n, 2)):
         arr = group.create_array(f"parts/{r}/x", shape=(len(ids), dim), chunks=(chunk, dim), dtype="float32",
-                                 compressors=None, config={"write_empty_chunks": True})
+                                 compressors=[Crc32cCodec()], config={"write_empty_chunks": True})
         group.create_array(f"parts/{r}/ids", shape=(len(ids),), chunks=(len(ids),), dtype="int64")[:] = ids
         for s in range(0, len(ids), chunk):  # whole chunks, in arrival order
             arr[s : s + chunk] = rows(ids[s : s + chunk], dim)
@@ -111,7 +115,7 @@ def parts(root: str, n: int, dim: int, counting: Counting, merge: bool) -> dict[
     if merge:
         t0 = time.perf_counter()
         final = group.create_array("layers/x", shape=(n, dim), chunks=(chunk, dim), dtype="float32",
-                                   compressors=None, config={"write_empty_chunks": True})
+                                   compressors=[Crc32cCodec()], config={"write_empty_chunks": True})
         srcs = [(group[f"parts/{r}/x"], group[f"parts/{r}/ids"][:]) for r in range(2)]
         block = 2 * WINDOW
         for e0 in range(0, n, block):

@@ -90,7 +90,6 @@ class HDF5Arrays(ArrayStore):
             compression_opts=self.level if compress and self.compression == "gzip" else None,
             # a checksum per chunk (HDF5's fletcher32 filter): a damaged chunk is a read error, not a value
             fletcher32=not _is_str(dtype),
-            fillvalue=np.nan if not _is_str(dtype) and np.dtype(dtype).kind == "f" else None,
         )
 
     def write(self, path: str, start: int, data: np.ndarray) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 from probing.errors import ConfigError, DamagedRunError, LayerNotFoundError, RunIncompleteError, close_matches
 from probing.storage.arrays import ArrayStore
 from probing.storage.columns import decode
-from probing.storage.layout import EXAMPLES, LAYERS, MISSING_SUFFIX, PARTS, ROWS, Column, RunLayout, layer_path
+from probing.storage.layout import EXAMPLES, MISSING_SUFFIX, PARTS, ROWS, Column, RunLayout, layer_path
 from probing.storage.ranges import Ranges
 from probing.storage.verify import damaged
 
@@ -42,8 +42,7 @@ class RunReader:
         self._done: Ranges | None = None
         # partial token-level runs: first row, rows and tokens of each done example, from the parts
         self._place: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-        # layers where the run recorded NaN/inf (kept with on_nonfinite=warn/ignore): NaN there is data
-        self._may_hold_nan = {layer_path(k) for k, v in (self.metadata.get("nonfinite") or {}).items() if v}
+        self._missing: dict[str, list[tuple[int, int]]] = {}  # chunks absent from each array read so far
         if not self.partial and self.layout is not None:
             try:
                 self._check_shapes()
@@ -144,20 +143,21 @@ class RunReader:
 
     # -- checked reads -----------------------------------------------------------------------------
     def _read(self, path: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
-        """Read rows of an array; a chunk that fails its checksum, or a layer's rows that read as NaN
-        where the run recorded none (a missing chunk reads as NaN), is a `DamagedRunError`."""
+        """Read rows of an array; a chunk that fails its checksum, or that is missing from a completed
+        run (zarr would give zeros), is a `DamagedRunError` naming the array and rows."""
+        if not self.partial:
+            missing = self._missing.get(path)
+            if missing is None:  # one listing of the array's chunks per reader (a directory, or a prefix)
+                missing = self._missing[path] = self.store.missing_chunks(path)
+            lo, hi = start or 0, self.store.shape(path)[0] if stop is None else stop
+            for gone_lo, gone_hi in missing:
+                if gone_lo < hi and gone_hi > lo:
+                    raise damaged(self.path, path, gone_lo, gone_hi, None)
         try:
-            out = self.store.read(path, start, stop)
+            return self.store.read(path, start, stop)
         except Exception as exc:  # noqa: BLE001 - zarr raises ValueError, h5py OSError, for a bad chunk
             a, b = self._bad_chunk(path, start, stop)
             raise damaged(self.path, path, a, b, exc) from exc
-        layer = path.startswith(LAYERS + "/") and path not in self._may_hold_nan and out.dtype.kind == "f"
-        if layer and out.size and not np.isfinite(out).all():
-            finite = np.isfinite(out).reshape(len(out), -1).all(axis=1)
-            if not finite.all():
-                first = int(np.flatnonzero(~finite)[0]) + (start or 0)
-                raise damaged(self.path, path, first, first + int((~finite).sum()), None)
-        return out
 
     def _bad_chunk(self, path: str, start: int | None, stop: int | None) -> tuple[int | None, int | None]:
         """The rows of the first chunk in ``start..stop`` that cannot be read (to name it in the error)."""

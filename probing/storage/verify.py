@@ -5,9 +5,9 @@ What can go wrong after a run completed, and how each is caught:
 - a chunk's bytes changed (disk, copy, edit): every chunk carries a checksum (zarr's crc32c codec,
   HDF5's fletcher32), so reading it raises; the reader turns that into `DamagedRunError` naming the
   array and rows;
-- a chunk file is gone: zarr would give its fill value; activations are filled with NaN, which the
-  reader refuses where the run recorded no NaN, and `verify_run` lists every missing chunk of every
-  array (metadata included) from the store's keys;
+- a chunk file is gone: zarr would give its fill value (zeros); the reader lists each array's stored
+  chunks once (a directory listing, or an object-store prefix) and refuses rows whose chunk is
+  absent, and `verify_run` lists every missing chunk of every array (metadata included);
 - an array's shape was edited: each array's length is checked against the run's layout when the run
   is opened.
 """
@@ -28,7 +28,7 @@ def damaged(run: str, path: str, start: int | None, stop: int | None, cause: Bas
     what = f"layer {path[len(LAYERS) + 1:]}" if path.startswith(LAYERS + "/") else f"array {path}"
     rows = f"rows {start or 0}..{stop - 1}" if stop is not None else "its rows"
     why = (f"a chunk fails its checksum or cannot be decoded ({type(cause).__name__}: {cause})" if cause is not None
-           else "they read as NaN where the run stored none: a chunk is missing")
+           else "the chunk is missing from the store")
     return DamagedRunError(
         f"The run at {run} is damaged: {what}, {rows}: {why}. `probing info --verify {run}` lists every damaged "
         "chunk; recompute the run (a new run_id) to recover."
@@ -109,7 +109,7 @@ def _name(path: str) -> str:
 
 def _reason(exc: DamagedRunError) -> str:
     text = str(exc)
-    return "checksum mismatch or undecodable chunk" if "checksum" in text else "NaN where none was stored (missing)"
+    return "checksum mismatch or undecodable chunk" if "checksum" in text else "the chunk is missing"
 
 
 __all__ = ["damaged", "shape_problems", "verify_run"]

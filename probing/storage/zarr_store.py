@@ -94,15 +94,12 @@ class ZarrArrays(ArrayStore):
         codecs = [ZstdCodec(level=0)] if _is_str(dtype) else [self.compressors] if compress and self.compressors else []
         if self.checksums:  # each chunk carries its crc32c: a changed byte is an error on read, not a value
             codecs.append(Crc32cCodec())
-        floating = not _is_str(dtype) and np.dtype(dtype).kind == "f"
         self._handles[path] = self.group.create_array(
             path,
             shape=(n, *shape),
             chunks=(chunk_rows, *shape),
             dtype=str if _is_str(dtype) else dtype,
             compressors=codecs or None,
-            # a chunk that is missing reads as NaN, which the reader refuses (0 would look like data)
-            fill_value=np.nan if floating else None,
             overwrite=True,
             # activations are never all zeros: skip zarr's per-chunk "is it all fill value?" scan
             config={"write_empty_chunks": True},
