@@ -83,8 +83,10 @@ def main() -> None:
                     rec = results.setdefault(f"{compressor}/{'crc32c' if checksums else 'plain'}", {"w": [], "r": []})
                     rec["w"].append(w)
                     rec["r"].append(r)
-    print(f"{mb:.0f} MiB float32 ({args.rows} x {args.dim}), chunks of {args.chunk} rows, {args.rounds} interleaved rounds")
-    print("| codecs | write MiB/s (crc32c) | write MiB/s (none) | write ratio | read MiB/s (crc32c) | read MiB/s (none) | read ratio |")
+    print(f"{mb:.0f} MiB float32 ({args.rows} x {args.dim}), chunks of {args.chunk} rows, "
+          f"{args.rounds} interleaved rounds")
+    print("| codecs | write MiB/s (crc32c) | write MiB/s (none) | write ratio | read MiB/s (crc32c) "
+          "| read MiB/s (none) | read ratio |")
     print("|---|---|---|---|---|---|---|")
     table = {}
     for compressor in ("none", "zstd"):
@@ -92,7 +94,8 @@ def main() -> None:
         wr = statistics.median(a / b for a, b in zip(on["w"], off["w"], strict=True))
         rr = statistics.median(a / b for a, b in zip(on["r"], off["r"], strict=True))
         row = {
-            "write_mib_s_crc32c": mb / statistics.median(on["w"]), "write_mib_s_plain": mb / statistics.median(off["w"]),
+            "write_mib_s_crc32c": mb / statistics.median(on["w"]),
+            "write_mib_s_plain": mb / statistics.median(off["w"]),
             "write_time_ratio": wr, "read_mib_s_crc32c": mb / statistics.median(on["r"]),
             "read_mib_s_plain": mb / statistics.median(off["r"]), "read_time_ratio": rr,
         }

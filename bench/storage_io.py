@@ -124,7 +124,8 @@ def main() -> None:
             print("UD EWT not found (../shared absent): word-level set skipped", file=sys.stderr)
         for name, data in sets.items():
             print(f"\n{name}: raw float32 {sum(v.nbytes for v in data['layers'].values()) / 1e6:.1f} MB")
-            print(f"{'backend dtype codec':<34}{'size MB':>9}{'x':>6}{'write MB/s':>11}{'x':>6}{'read MB/s':>10}{'x':>6}")
+            print(f"{'backend dtype codec':<34}{'size MB':>9}{'x':>6}{'write MB/s':>11}{'x':>6}"
+                  f"{'read MB/s':>10}{'x':>6}")
             rows = {}
             for label, storage in storages(f"{tmp}/{abs(hash(name))}").items():
                 rows[label] = measure(storage, data)
