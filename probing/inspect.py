@@ -73,11 +73,13 @@ def describe_run(path: str | os.PathLike[str]) -> str:
 def _state(p: Path, meta: dict[str, Any]) -> str:
     """``completed``, ``completed, DAMAGED: ...`` (shapes and missing chunks: cheap), or ``INCOMPLETE``
     with the job writing it, if one holds its lease."""
-    from probing.storage.lease import DEFAULT_TIMEOUT, _Files, describe_holder, lease_path
+    from probing.storage.lease import DEFAULT_TIMEOUT, _Files, _stale, describe_holder, lease_path
 
     if not meta.get("completed"):
         holder = _Files(lease_path(str(p))).read()
-        return "INCOMPLETE" + (f", being written by {describe_holder(holder, DEFAULT_TIMEOUT)}" if holder else "")
+        if holder and not _stale(holder, DEFAULT_TIMEOUT):
+            return f"INCOMPLETE, being written by {describe_holder(holder, DEFAULT_TIMEOUT)}"
+        return "INCOMPLETE" + (" (its last writer's lease is stale: resume=true takes it over)" if holder else "")
     problems = quick_check(p)
     return "completed" if not problems else f"completed, DAMAGED: {'; '.join(problems[:3])}"
 

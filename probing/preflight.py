@@ -158,7 +158,7 @@ def _first_record(path: Path, fmt: str) -> dict[str, Any] | None:
             import pyarrow.parquet as pq
 
             return dict.fromkeys(pq.read_schema(path).names)
-        with open(path, encoding="utf-8", newline="") as f:
+        with open(path, encoding="utf-8-sig", newline="") as f:
             if fmt == "csv":
                 header = next(csv.reader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ","), None)
                 return None if header is None else dict.fromkeys(header)
@@ -169,7 +169,7 @@ def _first_record(path: Path, fmt: str) -> dict[str, Any] | None:
             if head.startswith("["):
                 return None  # a JSON array: its fields are checked once loaded
             return json.loads(head.splitlines()[0]) if head else None
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (OSError, ValueError, UnicodeDecodeError, csv.Error):
         return None  # unreadable here: the loader names the problem
 
 

@@ -45,14 +45,24 @@ def find_problem(path: str | Path, fmt: str, *, head_only: bool = False) -> str 
         lines = lines[:-1]  # the last line of a head may be cut anywhere
     if fmt == "csv":
         return _csv_problem(p, text, truncated)
-    if fmt == "json" and (p.suffix.lower() == ".jsonl" or not text.lstrip().startswith("[")):
+    if fmt == "json" and (p.suffix.lower() == ".jsonl" or _looks_like_lines(lines)):
         return _jsonl_problem(p, lines)
     return None
 
 
+def _looks_like_lines(lines: list[str]) -> bool:
+    """A ``.json`` file whose first line is a whole JSON object is JSON Lines (else: an array or one
+    pretty-printed document, which `datasets` reads or rejects itself)."""
+    first = next((ln for ln in lines if ln.strip()), "")
+    try:
+        return isinstance(json.loads(first), dict)
+    except ValueError:
+        return False
+
+
 def _decode(p: Path, raw: bytes, truncated: bool) -> tuple[str, str | None]:
     try:
-        return raw.decode("utf-8"), None
+        return raw.decode("utf-8-sig"), None  # a byte-order mark is not part of the first field's name
     except UnicodeDecodeError as exc:
         if truncated and exc.start >= len(raw) - 4:  # a character cut by the head's end
             return raw[: exc.start].decode("utf-8"), None
@@ -84,11 +94,14 @@ def _jsonl_problem(p: Path, lines: list[str]) -> str | None:
 
 def _csv_problem(p: Path, text: str, truncated: bool) -> str | None:
     reader = csv.reader(io.StringIO(text), delimiter="\t" if p.suffix.lower() == ".tsv" else ",")
-    header = next(reader, None)
-    if header is None:
-        return f"{p} is empty: it holds no records"
-    if not truncated and next(reader, None) is None:
-        return f"{p} has a header ({', '.join(header)}) but no rows: it holds no records"
+    try:
+        header = next(reader, None)
+        if header is None:
+            return f"{p} is empty: it holds no records"
+        if not truncated and next(reader, None) is None:
+            return f"{p} has a header ({', '.join(header)}) but no rows: it holds no records"
+    except csv.Error as exc:
+        return f"{p}: line {reader.line_num}: not readable as CSV ({exc})"
     return None
 
 

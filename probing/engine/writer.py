@@ -159,12 +159,15 @@ class RunWriterCallback(BasePredictionWriter):
                     layout=layout, share=share, row_starts=row_starts, token_counts=token_counts,
                     lease_timeout=self.lease_timeout,
                 )
-            except ProbingError as exc:  # every rank raises it, instead of waiting for rank 0
-                opened = exc
-            if self.writer is not None and "token_id" in self.row_fields and self.tokenizer is not None:
-                # token strings: the tokenizer's vocabulary, once per run (``row_metadata("token")`` maps the
-                # stored ids through it), instead of a string per row
-                self.writer.write_vocabulary(self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer)))))
+                if "token_id" in self.row_fields and self.tokenizer is not None:
+                    # token strings: the tokenizer's vocabulary, once per run (``row_metadata("token")`` maps
+                    # the stored ids through it), instead of a string per row
+                    vocab = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
+                    self.writer.write_vocabulary(vocab)
+            except Exception as exc:  # noqa: BLE001 - every rank raises it, instead of waiting for rank 0
+                opened = _as_storage_error(exc, self.path, None)
+                if self.writer is not None:
+                    self.writer.release()
         opened = collectives.broadcast(opened)  # also the barrier: the run exists from here on
         if opened is not None:
             raise opened
@@ -246,7 +249,10 @@ class RunWriterCallback(BasePredictionWriter):
             self._thread = None
         if self._error is not None:
             error, self._error = self._error, None
-            raise _as_storage_error(error, self.path, self.writer) from error
+            converted = _as_storage_error(error, self.path, self.writer)
+            if converted is error:
+                raise error
+            raise converted from error
 
     def on_predict_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
@@ -362,13 +368,18 @@ class RunWriterCallback(BasePredictionWriter):
         run-wide figures on rank 0 (this rank's own elsewhere).
         """
         assert self.writer is not None
-        self._drain()
+        local: BaseException | None = None
         try:
+            self._drain()
             self.writer.close(finished=True)
-        except OSError as exc:
-            raise _as_storage_error(exc, self.path, self.writer) from exc
-        self._record("done")
-        seen = collectives.all_gather(self._seen)  # also the barrier: every rank wrote its share
+            self._record("done")
+        except Exception as exc:  # noqa: BLE001 - raised on every rank below, after the collective
+            local = _as_storage_error(exc, self.path, self.writer)
+        errors = collectives.all_gather(local)  # also the barrier: every rank wrote its share (or failed)
+        failed_rank = next((e for e in errors if e is not None), None)
+        if failed_rank is not None:
+            raise local if local is not None else failed_rank
+        seen = collectives.all_gather(self._seen)
         cut = collectives.all_gather((self.truncated, self.longest))
         truncated, longest = sum(c for c, _ in cut), max(n for _, n in cut)
         if truncated and trainer.global_rank == 0:
@@ -413,6 +424,10 @@ class RunWriterCallback(BasePredictionWriter):
                 self._drain()
             except Exception as exc:  # noqa: BLE001 - the batches that could not be written are recomputed
                 log.warning("after the error, %d queued batch(es) were not written (%s)", self._queue.qsize(), exc)
+            from probing.storage.lease import LeaseLostError
+
+            if isinstance(exception, LeaseLostError):  # another job owns the run now: write nothing more
+                return
             try:
                 self.writer.close()  # keep every whole row computed so far, for resume
                 self._record(f"stopped: {type(exception).__name__}")

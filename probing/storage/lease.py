@@ -11,7 +11,8 @@ works under its rank 0's lease. The file is taken atomically:
 
 A second writer is refused at once (`RunLockedError`, naming the holder). A lease whose heartbeat is
 older than its timeout belongs to a dead job and is taken over automatically: renamed aside (only one
-contender's rename succeeds), checked to be the stale one, then taken afresh. On the holder's own host
+contender's rename of a given file succeeds; a contender that moved a fresh lease by mistake puts it
+back), checked to be the stale one, then taken afresh. On the holder's own host (and pid namespace)
 a lease whose process is gone is stale at once. A holder that finds its lease taken stops writing
 (`LeaseLostError`) instead of writing beside the new holder.
 """
@@ -53,10 +54,19 @@ def lease_path(run_path: str) -> str:
     return run_path.rstrip("/") + ".lease"
 
 
+def _pid_namespace() -> str:
+    """This process's pid namespace (containers on one host share its name, not their pids)."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
 def _holder(token: str) -> dict[str, Any]:
     return {
         "token": token,
         "host": socket.gethostname(),
+        "pid_namespace": _pid_namespace(),
         "pid": os.getpid(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "started": time.time(),
@@ -174,6 +184,7 @@ class Lease:
     _thread: threading.Thread | None = None
     lost: bool = False
     _confirmed: float = 0.0
+    _absent: int = 0
 
     def check(self) -> None:
         """Raise `LeaseLostError` if another job took the lease over. Called before each progress record:
@@ -181,8 +192,7 @@ class Lease:
         heartbeat also looks)."""
         now = time.monotonic()
         if not self.lost and now - self._confirmed >= (0.0 if self._files.fs is None else 5.0):
-            rec = self._files.read()
-            self.lost = rec is None or rec.get("token") != self.token
+            self._look(self._files.read())
             self._confirmed = now
         if self.lost:
             raise LeaseLostError(
@@ -190,14 +200,26 @@ class Lease:
                 f"for more than {self.timeout:.0f} s. This job stops writing; the other one continues the run."
             )
 
+    def _look(self, rec: dict[str, Any] | None) -> None:
+        """Lost: another token holds the file, or it was absent at three looks in a row (one failed read
+        on a network filesystem, or a contender's move-aside-and-back, is not a loss)."""
+        if rec is None:
+            self._absent += 1
+            self.lost = self._absent >= 3
+        else:
+            self._absent = 0
+            self.lost = rec.get("token") != self.token
+
     def _beat(self) -> None:
         every = max(0.2, self.timeout / 6)
         while not self._stop.wait(every):
             rec = self._files.read()
-            if rec is None or rec.get("token") != self.token:
-                self.lost = True
+            self._look(rec)
+            if self.lost:
                 log.error("the run's lease %s was taken over by another job", self.path)
                 return
+            if rec is None:
+                continue
             rec["heartbeat"] = time.time()
             try:
                 self._files.replace(json.dumps(rec).encode())
@@ -279,7 +301,7 @@ def _stale(rec: dict[str, Any], timeout: float) -> bool:
     """A lease whose holder is dead: no heartbeat for ``timeout``, or its process gone on this host."""
     if time.time() - float(rec.get("heartbeat", 0)) > timeout:
         return True
-    if rec.get("host") == socket.gethostname():
+    if rec.get("host") == socket.gethostname() and rec.get("pid_namespace", "") == _pid_namespace():
         pid = int(rec.get("pid", -1))
         if pid == os.getpid():
             return rec.get("token") not in _HELD  # a leftover of a writer of this process that is gone

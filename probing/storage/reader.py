@@ -156,22 +156,24 @@ class RunReader:
         try:
             return self.store.read(path, start, stop)
         except Exception as exc:  # noqa: BLE001 - zarr raises ValueError, h5py OSError, for a bad chunk
-            a, b = self._bad_chunk(path, start, stop)
-            raise damaged(self.path, path, a, b, exc) from exc
+            bad = self._bad_chunk(path, start, stop)
+            if bad is None:  # every chunk reads alone: not damage (memory, network...): the error as it is
+                raise
+            raise damaged(self.path, path, bad[0], bad[1], exc) from exc
 
-    def _bad_chunk(self, path: str, start: int | None, stop: int | None) -> tuple[int | None, int | None]:
-        """The rows of the first chunk in ``start..stop`` that cannot be read (to name it in the error)."""
+    def _bad_chunk(self, path: str, start: int | None, stop: int | None) -> tuple[int, int] | None:
+        """The rows of the first chunk in ``start..stop`` that cannot be read, or None if each reads."""
         try:
             unit = max(1, self.store.chunk_rows(path))
             lo, hi = start or 0, self.store.shape(path)[0] if stop is None else stop
-        except Exception:  # noqa: BLE001 - the error names the whole range then
-            return start, stop
+        except Exception:  # noqa: BLE001 - the array itself cannot be opened
+            return (start or 0, stop or 0)
         for a in range((lo // unit) * unit, hi, unit):
             try:
                 self.store.read(path, max(a, lo), min(hi, a + unit))
             except Exception:  # noqa: BLE001
                 return max(a, lo), min(hi, a + unit)
-        return start, stop
+        return None
 
     def verify(self) -> list[str]:
         """Read every stored array whole, chunk by chunk, and return what is damaged (empty: intact).

@@ -353,9 +353,8 @@ class RunWriter:
         plan.flush()
 
     def write_vocabulary(self, strings: Sequence[str | None]) -> None:
-        """The tokenizer's vocabulary (string of each token id), stored once per run as `VOCAB`."""
-        if self.store.exists(VOCAB):
-            return
+        """The tokenizer's vocabulary (string of each token id), stored as `VOCAB` by each attempt (a
+        stop while it was written is repaired by the next)."""
         values = np.asarray(["" if t is None else str(t) for t in strings], dtype=object)
         self.store.create(VOCAB, len(values), (), STR, max(1, min(len(values), 65536)))
         self.store.write(VOCAB, 0, values)
@@ -525,7 +524,11 @@ class RunWriter:
         """Write everything held in memory (units as far as they are filled). Safe to call twice.
 
         ``finished``: this rank wrote its whole share (compute and metadata), which finalize checks.
+        A writer whose lease was taken over writes nothing more (the new holder owns the arrays).
         """
+        if self.lease is not None and self.lease.lost:
+            self._closed = True
+            return
         for table in self._tables.values():
             table.flush()
         self._mark_done()

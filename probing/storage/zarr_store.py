@@ -61,7 +61,9 @@ class ZarrArrays(ArrayStore):
     def _array(self, path: str) -> Any:
         arr = self._handles.get(path)
         if arr is None:
-            arr = self._handles[path] = self.group[path]
+            # as created: every chunk is written, even one that equals the fill value (zarr's default would
+            # skip it, or delete it, and the chunk would then look missing)
+            arr = self._handles[path] = self.group[path].with_config({"write_empty_chunks": True})
         return arr
 
     def get_attrs(self, group: str) -> dict[str, Any]:
@@ -157,13 +159,16 @@ class ZarrArrays(ArrayStore):
         return self.group[path]
 
     def missing_chunks(self, path: str) -> list[tuple[int, int]]:
-        from zarr.core.array import _shards_initialized
         from zarr.core.sync import sync
 
         arr = self._array(path)
-        if arr.nchunks_initialized == arr.nchunks:
-            return []
-        present = set(sync(_shards_initialized(arr._async_array)))
+        store_path = arr._async_array.store_path
+        prefix = store_path.path.rstrip("/") + "/" if store_path.path else ""
+
+        async def keys() -> set[str]:  # one listing of the array's prefix, into a set
+            return {k[len(prefix):] async for k in store_path.store.list_prefix(prefix)}
+
+        present = sync(keys())
         unit, n = int((arr.shards or arr.chunks)[0]), int(arr.shape[0])
         zeros = (0,) * (arr.ndim - 1)
         return [(a, min(n, a + unit)) for i, a in enumerate(range(0, n, unit))
