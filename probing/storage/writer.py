@@ -414,7 +414,8 @@ class RunWriter:
             rows = ragged_index(starts, lengths)
         else:
             starts, lengths, rows = ids, np.ones(len(ids), dtype=np.int64), ids
-        data = {layer_path(k): np.asarray(v, dtype=self.storage.dtype) for k, v in activations.items()}
+        with np.errstate(over="ignore", invalid="ignore"):  # overflows are counted and reported below
+            data = {layer_path(k): np.asarray(v, dtype=self.storage.dtype) for k, v in activations.items()}
         self._count_nonfinite(ids, lengths, activations, data)
         for name, value in (metadata.get("row_fields") or {}).items():
             if name in layout.row_fields:
