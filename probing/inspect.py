@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 
-def _human(n: float) -> str:
+def human_bytes(n: float) -> str:
+    """``1.5 MiB``: a size for people."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
@@ -64,9 +65,9 @@ def describe_run(path: str | os.PathLike[str]) -> str:
     if meta.get("stats"):
         lines.append(f"stats       {json.dumps(meta['stats'])}")
     lines.append(f"versions    {', '.join(f'{k} {v}' for k, v in meta.get('versions', {}).items())}")
-    lines.append(f"arrays      {len(arrays)}, {_human(sum(a[3] for a in arrays))} on disk")
+    lines.append(f"arrays      {len(arrays)}, {human_bytes(sum(a[3] for a in arrays))} on disk")
     for name, shape, dtype, size in sorted(arrays):
-        lines.append(f"  {name:40s} {str(shape):18s} {dtype:10s} {_human(size)}")
+        lines.append(f"  {name:40s} {str(shape):18s} {dtype:10s} {human_bytes(size)}")
     return "\n".join(lines)
 
 
@@ -105,6 +106,7 @@ def verify(path: str | os.PathLike[str]) -> int:
 
     from probing.errors import DamagedRunError
     from probing.storage.base import open_run
+    from probing.storage.verify import expected_lengths
 
     t0 = time.perf_counter()
     try:
@@ -114,7 +116,7 @@ def verify(path: str | os.PathLike[str]) -> int:
         return 1
     with reader:
         problems = reader.verify()
-        size = sum(reader.store.stored_bytes(n) or 0 for n in _names(reader))
+        size = sum(reader.store.stored_bytes(n) or 0 for n in expected_lengths(reader))
     seconds = time.perf_counter() - t0
     if problems:
         print(f"probing: the run at {path} is DAMAGED ({len(problems)} problem(s)):")
@@ -122,15 +124,9 @@ def verify(path: str | os.PathLike[str]) -> int:
             print(f"  {line}")
         print("Recompute the run (a new run_id) to recover; the intact layers still read.")
         return 1
-    print(f"probing: {path} verified: every chunk present and matching its checksum ({_human(size)} read in "
+    print(f"probing: {path} verified: every chunk present and matching its checksum ({human_bytes(size)} read in "
           f"{seconds:.1f} s)")
     return 0
-
-
-def _names(reader: Any) -> list[str]:
-    from probing.storage.verify import expected_lengths
-
-    return list(expected_lengths(reader))
 
 
 def info_main(args: list[str]) -> int:

@@ -33,6 +33,7 @@ from probing.engine import collectives
 from probing.engine.preemption import PreemptionHandler
 from probing.errors import ConfigError, DatasetError, ProbingError, StorageWriteError
 from probing.faults import fault_point
+from probing.inspect import human_bytes as _human
 from probing.storage.base import Storage
 from probing.storage.layout import Column, RunLayout
 from probing.storage.ranges import Ranges
@@ -450,14 +451,6 @@ def _as_storage_error(error: BaseException, path: str, writer: RunWriter | None)
         f"{f', errno {cause.errno}' if cause.errno else ''}). The {kept} examples already stored are kept: free "
         "space (or fix the permissions), then run the same command with resume=true to compute the rest."
     )
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def _carried(batch: Any, key: str) -> dict[str, list[Any]] | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import secrets
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -210,7 +211,7 @@ class Storage:
             lease_timeout: rank 0 holds the run's lease (`probing.storage.lease`) until finalize; a
                 lease without a heartbeat for this many seconds is stale (default 120).
         """
-        from probing.storage.lease import DEFAULT_TIMEOUT
+        from probing.storage.lease import DEFAULT_TIMEOUT, acquire
         from probing.storage.writer import create_or_resume, join_run
 
         if world_size > 1 and not self.supports_concurrent_writers:
@@ -221,11 +222,18 @@ class Storage:
         run_id = run_id or new_run_id()
         path = self.run_path(run_id)
         meta = {**dict(metadata or {}), "storage": (metadata or {}).get("storage", self.describe())}
-        if rank == 0:
-            return create_or_resume(self, run_id, path, meta, resume=resume, layout=layout, share=share,
-                                    row_starts=row_starts, token_counts=token_counts, world_size=world_size,
-                                    check=metadata is not None,
-                                    lease_timeout=DEFAULT_TIMEOUT if lease_timeout is None else lease_timeout)
+        if rank == 0:  # under the run's lease, held until finalize or release
+            lease = acquire(path, DEFAULT_TIMEOUT if lease_timeout is None else lease_timeout)
+            try:
+                writer = create_or_resume(self, run_id, path, meta, resume=resume, layout=layout, share=share,
+                                          row_starts=row_starts, token_counts=token_counts, world_size=world_size,
+                                          check=metadata is not None)
+            except BaseException:
+                lease.release()
+                raise
+            writer.lease = lease
+            weakref.finalize(writer, lease.release)  # a writer dropped without finalize does not hold the run
+            return writer
         return join_run(self, run_id, path, rank=rank, world_size=world_size, share=share, row_starts=row_starts,
                         token_counts=token_counts)
 

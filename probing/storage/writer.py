@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import time
-import weakref
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +40,7 @@ from probing.storage.layout import (
     make_layout,
     part_name,
 )
-from probing.storage.lease import DEFAULT_TIMEOUT, Lease, acquire
+from probing.storage.lease import Lease
 from probing.storage.ranges import Ranges
 from probing.storage.units import ColumnSpec, UnitBuffer, ragged_index, stitch_seams
 
@@ -115,37 +114,9 @@ def create_or_resume(
     token_counts: np.ndarray | None,
     world_size: int,
     check: bool,
-    lease_timeout: float = DEFAULT_TIMEOUT,
 ) -> RunWriter:
-    """Rank 0's open: take the run's lease, then a new run (metadata, then every array), or a checked new
-    attempt of an incomplete one. The lease is held until `RunWriter.finalize` or `RunWriter.release`."""
-    lease = acquire(path, lease_timeout)
-    try:
-        writer = _create_or_resume(storage, run_id, path, meta, resume=resume, layout=layout, share=share,
-                                   row_starts=row_starts, token_counts=token_counts, world_size=world_size,
-                                   check=check)
-    except BaseException:
-        lease.release()
-        raise
-    writer.lease = lease
-    weakref.finalize(writer, lease.release)  # a writer dropped without finalize does not hold the run for ever
-    return writer
-
-
-def _create_or_resume(
-    storage: Storage,
-    run_id: str,
-    path: str,
-    meta: dict[str, Any],
-    *,
-    resume: bool,
-    layout: RunLayout | None,
-    share: Ranges | None,
-    row_starts: np.ndarray | None,
-    token_counts: np.ndarray | None,
-    world_size: int,
-    check: bool,
-) -> RunWriter:
+    """Rank 0's open (under the run's lease, taken by `Storage.open_run`): a new run (metadata, then every
+    array), or a checked new attempt of an incomplete one."""
     from probing.storage.base import is_url
     from probing.storage.registry import backend_of
 
