@@ -226,3 +226,41 @@ def test_reports_of_older_versions_load_with_their_column_names():
             row.pop(key)
     old = ProbeReport.from_dict(data)
     assert old.results[0].accuracy == report.results[0].accuracy and old.results[0].metric == "accuracy"
+
+
+# --- the random-weights model ------------------------------------------------------------------------
+def test_random_weights_keep_the_architecture_and_change_the_outputs(tiny_models):
+    import torch
+
+    from probing import ModelBackend
+    from probing.baseline_model import random_weights
+
+    trained = ModelBackend().load_model(str(tiny_models["bert"]))
+    one, two = random_weights(trained), random_weights(trained)  # the tiny model itself is seed 0's draw
+    other = random_weights(trained, seed=1)
+    assert type(one.model) is type(trained.model) and one.model.config.to_dict() == trained.model.config.to_dict()
+    assert one.tokenizer is trained.tokenizer and one.extra["weights"] == "random (seed 1234)"
+    batch = trained.tokenizer(["a small test"], return_tensors="pt")
+    with torch.no_grad():
+        h_trained, h_one, h_two, h_other = (m.model(**batch).last_hidden_state for m in (trained, one, two, other))
+    assert torch.equal(h_one, h_two)  # the same seed gives the same weights
+    assert (h_one - h_trained).abs().max() > 1e-2 and (h_one - h_other).abs().max() > 1e-2
+
+
+def test_baseline_model_random_extracts_and_probes_both_and_draws_them_together(tmp_path, tiny_models):
+    from cli_helpers import cli, run_path
+
+    from probing import open_run
+
+    proc = cli(f"model.name_or_path={tiny_models['bert']}", "data.limit=240", "progress=false", "output_dir=out",
+               "run_id=trained", "probe.baseline_model=random", "probe.n_bootstrap=100", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert run_path(proc.stdout).name == "trained"
+    trained, random = open_run(tmp_path / "out" / "trained"), open_run(tmp_path / "out" / "trained-random")
+    assert trained.metadata["model"]["weights"] == "pretrained"
+    assert random.metadata["model"]["weights"] == "random (seed 1234)"
+    assert trained.layers == random.layers and trained.n_examples == random.n_examples == 240
+    assert not np.allclose(trained.activations(-1), random.activations(-1))
+    assert proc.stdout.count("expected layer*") == 2  # both tables printed
+    pictures = list((tmp_path / "out" / "trained" / "probes").glob("*/probes_vs_random_weights.png"))
+    assert len(pictures) == 1 and pictures[0].stat().st_size > 20_000
