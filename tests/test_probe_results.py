@@ -264,3 +264,11 @@ def test_baseline_model_random_extracts_and_probes_both_and_draws_them_together(
     assert proc.stdout.count("expected layer*") == 2  # both tables printed
     pictures = list((tmp_path / "out" / "trained" / "probes").glob("*/probes_vs_random_weights.png"))
     assert len(pictures) == 1 and pictures[0].stat().st_size > 20_000
+
+
+def test_real_valued_fields_are_probed_by_default_as_regression_targets():
+    reader, _ = regression_reader(n=400)
+    reader._fields["kind"] = np.asarray(["a", "b"] * 200)
+    report = probe_run(reader, write=False, progress=False, mdl=False)
+    assert report.label_fields == ["target", "kind"] and report.methods == ["sklearn", "ridge"]
+    assert report.result("signal", "target", "ridge").metric == "r2"

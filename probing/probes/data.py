@@ -236,7 +236,8 @@ def load_labels(reader: RunReader, field: str) -> Labels:
 
 
 def default_label_fields(reader: RunReader, exclude: Sequence[str | None] = ()) -> list[str]:
-    """Fields that look like class labels: 2..`MAX_AUTO_CLASSES` distinct str/int values.
+    """Fields that look like labels: 2..`MAX_AUTO_CLASSES` distinct str/int values (classes), or real numbers
+    (a regression target).
 
     Text, token counts, ids, positions and the split/group/control fields (``exclude``) are skipped.
     """
@@ -246,8 +247,14 @@ def default_label_fields(reader: RunReader, exclude: Sequence[str | None] = ()) 
         if field in skip:
             continue
         values = np.asarray(reader.example_metadata(field))
-        if values.dtype.kind == "f" or values.dtype == object and len(values) and not isinstance(values[0], str):
-            continue  # real numbers or JSON-encoded structures
+        if is_real_valued(values):
+            if np.isfinite(values).sum() > 2:
+                out.append(field)  # a real-valued target: ridge regression
+            continue
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            continue  # whole numbers with gaps: name the field to probe it
+        if values.dtype == object and len(values) and not isinstance(values[0], str):
+            continue  # JSON-encoded structures (or values with gaps)
         n = len(np.unique(_plain(values)))
         if 2 <= n <= MAX_AUTO_CLASSES and n < len(values):
             out.append(field)

@@ -392,7 +392,8 @@ def probe_run(
         folds = cap_search_rows(folds, search_rows, seed)
         control = None if types is None else _control_targets(types, lab, seed)
         plans.append(_Plan(lab, folds, control, [REGRESSION_METHOD] if lab.regression else methods))
-    all_methods = list(dict.fromkeys(m for plan in plans for m in plan.methods))
+    used = {m for plan in plans for m in plan.methods}
+    all_methods = [m for m in [*methods, REGRESSION_METHOD] if m in used]  # the classifiers first, then ridge
     schemes = {plan.labels.field: plan.folds.scheme for plan in plans}
     method_seconds = dict.fromkeys([*all_methods, *(["mdl"] if mdl else [])], 0.0)
     fitted: dict[tuple[str, str, str], _Fitted] = {}
