@@ -84,6 +84,8 @@ def test_expected_layer_is_the_centre_of_gravity_of_the_gains():
     assert expected_layer([0, 1, 2, 3], [0.5, 0.7, 0.8, 0.8]) == pytest.approx((1 * 0.2 + 2 * 0.1) / 0.3)
     assert expected_layer([3, 0, 1], [0.9, 0.5, 0.5]) == pytest.approx(3.0)  # model order, not list order
     assert math.isnan(expected_layer([0, 1, 2], [0.8, 0.7, 0.6]))  # no gain: no centre of gravity
+    # a score that falls again counts as the best so far (Tenney's cumulative scores never fall)
+    assert expected_layer([0, 1, 2, 3], [0.5, 0.9, 0.7, 0.95]) == pytest.approx((1 * 0.4 + 3 * 0.05) / 0.45)
     assert math.isnan(expected_layer([1], [0.9]))
 
 

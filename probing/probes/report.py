@@ -159,8 +159,8 @@ def format_table(report: ProbeReport) -> str:
         for title, values in tail:
             lines.append(f"{title:<{width}}  " + "  ".join(f"{v:<{col}}" for v in values))
     lines.append("")
-    lines.append("* centre of gravity of the score gains (Tenney et al. 2019), layers numbered as hidden_states: "
-                 "embeddings 0, blocks.i = i + 1")
+    lines.append("* centre of gravity of the gains of the best score so far (Tenney et al. 2019), layers numbered "
+                 "as hidden_states: embeddings 0, blocks.i = i + 1")
     if report.missing:
         lines.append("rows without a value, left out: " + ", ".join(f"{k} {v}" for k, v in report.missing.items()))
     if "mdl" in report.seconds:
