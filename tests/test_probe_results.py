@@ -97,6 +97,7 @@ def test_probe_run_reports_the_expected_and_best_layer_of_a_planted_curve():
     assert 2.7 < summary["expected_layer"] < 3.3  # the gain is at blocks.2 = hidden_states[3]
     best = report.result(summary["best_layer"], "label")
     assert summary["best_ci_low"] == best.ci_low and summary["best_ci_high"] == best.ci_high
+    assert summary["gain"] == pytest.approx(best.score - report.result("blocks.0", "label").score)
     from probing.probes.report import format_table
 
     text = format_table(report)

@@ -39,12 +39,15 @@ def expected_layer(indices: Sequence[int], scores: Sequence[float]) -> float:
 
 @dataclass(frozen=True)
 class LayerSummary:
-    """Per label and method: the expected layer (`expected_layer`) and the best layer with its score and CI."""
+    """Per label and method: the expected layer (`expected_layer`), the total gain it is the centre of (the
+    best score minus the first layer's: near 0, the expected layer means little), and the best layer with
+    its score and CI."""
 
     label: str
     method: str
     metric: str
     expected_layer: float
+    gain: float
     best_layer: str
     best_layer_index: int | None
     best_score: float

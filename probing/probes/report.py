@@ -151,7 +151,10 @@ def format_table(report: ProbeReport) -> str:
             r = next(r for r in results if r.label == label)
             tail[0][1].append(f"{r.baseline:.3f}")
             entry = summary.get((label, method))
-            tail[1][1].append(_layer_number(entry["expected_layer"]) if entry else "-")
+            expected = _layer_number(entry["expected_layer"]) if entry else "-"
+            if entry and math.isfinite(entry.get("gain") or float("nan")):
+                expected += f" (gain {entry['gain']:+.3f})"
+            tail[1][1].append(expected)
             best = f"{entry['best_layer']} {entry['best_score']:.3f}" if entry else "-"
             if entry:
                 best += f" [{entry['best_ci_low']:.2f},{entry['best_ci_high']:.2f}]"

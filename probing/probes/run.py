@@ -575,6 +575,7 @@ def layer_summaries(results: Sequence[ProbeResult]) -> list[LayerSummary]:
                 metric=rows[0].metric,
                 expected_layer=expected_layer([int(r.layer_index) for r in placed if r.layer_index is not None],
                                               [r.score for r in placed]),
+                gain=_gain(placed),
                 best_layer=best.layer,
                 best_layer_index=best.layer_index,
                 best_score=best.score,
@@ -583,6 +584,12 @@ def layer_summaries(results: Sequence[ProbeResult]) -> list[LayerSummary]:
             )
         )
     return out
+
+
+def _gain(placed: Sequence[ProbeResult]) -> float:
+    """The best score minus the score of the first layer in model order (what the expected layer spreads)."""
+    scores = [r.score for r in sorted(placed, key=lambda r: int(r.layer_index or 0)) if np.isfinite(r.score)]
+    return float(max(scores) - scores[0]) if len(scores) >= 2 else float("nan")
 
 
 def _neurons(
