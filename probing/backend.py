@@ -141,6 +141,55 @@ def _is_decoder(config: Any) -> bool:
     return getattr(config, "model_type", "") in decoder_types or bool(getattr(config, "is_decoder", False))
 
 
+#: tokenizer classes that only wrap the folder's ``tokenizer.json`` (no vocabulary logic of their own)
+GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+#: encoder-decoder families whose encoder loads alone (the decoder's weights are left unread)
+ENCODER_CLASSES = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}
+
+
+def _model_class(config: Any, name: str) -> Any:
+    """The class to load: a checkpoint saved as an encoder alone (``T5EncoderModel``, whose config says
+    ``is_encoder_decoder: false`` yet `AutoModel` would build the whole ``T5Model`` with a random
+    decoder) loads as that class, and so does the encoder of a T5 checkpoint; other encoder-decoder
+    models are refused; the rest loads as `AutoModel` (no task head)."""
+    import transformers
+    from transformers import AutoModel
+
+    archs = getattr(config, "architectures", None) or []
+    encoder = next((a for a in archs if a.endswith("EncoderModel") and hasattr(transformers, a)), None)
+    if encoder is None and getattr(config, "is_encoder_decoder", False):
+        encoder = ENCODER_CLASSES.get(getattr(config, "model_type", ""))
+        if encoder is None:
+            raise ModelLoadError(
+                f"{name!r} is an encoder-decoder model ({config.model_type}); `probing` supports encoder-only "
+                f"and decoder-only models, and the encoder of {', '.join(sorted(ENCODER_CLASSES))}."
+            )
+    return AutoModel if encoder is None else getattr(transformers, encoder)
+
+
+def load_tokenizer(path: str, *, gguf: bool = False, **kwargs: Any) -> Any:
+    """The tokenizer saved at ``path``, as saved: the class its ``tokenizer_config.json`` declares.
+
+    transformers 5 (`AutoTokenizer`) swaps the declared class for its own one for some model types
+    (``MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS``: qwen2, phi3, modernbert, ...). When the folder
+    declares a generic class (``TokenizersBackend``, what ``save_pretrained`` of a tokenizers-built
+    tokenizer writes), the swapped-in class (e.g. ``Qwen2Tokenizer``) rebuilds a byte-level BPE from
+    the vocabulary and ignores the folder's ``tokenizer.json``: every text is tokenized differently
+    from the saved tokenizer (``"the cat sat"`` -> ``[1, 4, 4]`` instead of ``[1, 3, 5, 8]``), and
+    every activation differs silently. A generic declaration is therefore loaded as declared.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from transformers.models.auto.tokenization_auto import get_tokenizer_config
+
+    if not gguf:  # a GGUF file carries its own tokenizer
+        declared = get_tokenizer_config(path, **kwargs).get("tokenizer_class")
+        if declared in GENERIC_TOKENIZER_CLASSES:
+            return PreTrainedTokenizerFast.from_pretrained(path, **kwargs)
+    return AutoTokenizer.from_pretrained(path, **kwargs)
+
+
 def _ensure_pad_token(tokenizer: Any, name: str) -> None:
     """Decoder tokenizers (GPT-2, Llama) often lack a pad token: reuse EOS (or UNK)."""
     if tokenizer.pad_token is not None:
@@ -193,7 +242,7 @@ class ModelBackend:
         if not is_local and name.startswith((".", "/", "~")):
             raise ModelLoadError(f"Model folder {name!r} does not exist.")
 
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers import AutoConfig
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
@@ -205,13 +254,9 @@ class ModelBackend:
         path = str(Path(name).expanduser()) if is_local else name
         try:
             config = AutoConfig.from_pretrained(path, **kwargs)
-            if getattr(config, "is_encoder_decoder", False):
-                raise ModelLoadError(
-                    f"{name!r} is an encoder-decoder model ({config.model_type}); `probing` supports "
-                    "encoder-only and decoder-only models."
-                )
-            tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-            model = AutoModel.from_pretrained(path, config=config, dtype=torch_dtype, **kwargs)
+            model_class = _model_class(config, name)
+            tokenizer = load_tokenizer(path, gguf=bool(gguf_file), **kwargs)
+            model = model_class.from_pretrained(path, config=config, dtype=torch_dtype, **kwargs)
         except ModelLoadError:
             raise
         except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, ValueError...: say which folder
