@@ -151,3 +151,118 @@ def test_other_encoder_decoder_models_are_refused(tmp_path):
     tokenizer("encoder").save_pretrained(tmp_path)
     with pytest.raises(ModelLoadError, match="encoder-decoder model \\(bart\\).*encoder of mt5, t5, umt5"):
         ModelBackend().load_model(tmp_path)
+
+
+#: post-norm families: the norms that follow the attention and the MLP sublayers, per block (test's own list)
+POST_NORMS = {
+    "bert": ("attention.output.LayerNorm", "output.LayerNorm"),
+    "roberta": ("attention.output.LayerNorm", "output.LayerNorm"),
+    "electra": ("attention.output.LayerNorm", "output.LayerNorm"),
+    "distilbert": ("sa_layer_norm", "output_layer_norm"),
+}
+PARALLEL = {"gpt_neox"}  # attention and MLP read the same stream and both add to it
+SITES_OF_ALL = ["resid_pre.*", "resid_mid.*", "resid_post.*", "attn_out.*", "mlp_out.*", "final"]
+
+
+def site_differences(fam: Family) -> dict[str, float]:
+    """Max abs difference of each site (over blocks and tokens) from the reference relation it must meet."""
+    name = fam.name
+    block_list = BLOCKS[name]
+    n = len(fam.module(block_list))
+    states, seen = run_reference(fam, {"last": (f"{block_list}.{n - 1}", "output")})
+    sites = SITES_OF_ALL if name not in PARALLEL else [s for s in SITES_OF_ALL if s != "resid_mid.*"]
+    got = extract(fam, sites)
+
+    def g(site: str, i: int) -> np.ndarray:
+        return got[
+            "embeddings" if site == "resid_pre" and i == 0 else ("blocks" if site == "resid_post" else site) + f".{i}"
+        ]
+
+    diff: dict[str, float] = {}
+
+    def record(site: str, a: np.ndarray, b: np.ndarray) -> None:
+        diff[site] = max(diff.get(site, 0.0), float(np.abs(a - b).max()))
+
+    for i in range(n):
+        record("resid_pre", g("resid_pre", i), states[i])
+        record("resid_post", g("resid_post", i), states[i + 1] if i < n - 1 or name not in FINAL_NORM else seen["last"])
+        pre, attn, mlp, post = (g(s, i) for s in ("resid_pre", "attn_out", "mlp_out", "resid_post"))
+        if name in PARALLEL:
+            record("attn_out+mlp_out", post, pre + attn + mlp)
+            continue
+        mid = g("resid_mid", i)
+        if name in POST_NORMS:
+            ln_attn, ln_mlp = (fam.module(f"{block_list}.{i}.{p}") for p in POST_NORMS[name])
+            with torch.no_grad():
+                record("attn_out", mid, ln_attn(torch.from_numpy(pre + attn)).numpy())
+                record("mlp_out", post, ln_mlp(torch.from_numpy(mid + mlp)).numpy())
+        else:
+            record("attn_out", mid, pre + attn)
+            record("mlp_out", post, mid + mlp)
+    record("final", got["final"], states[-1])
+    return diff
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sites_match_transformers(zoo, family):
+    """resid_pre/resid_post/final against hidden_states; attn_out/mlp_out/resid_mid by the residual sums
+    (pre-norm), or through the family's own post-attention / output norms (post-norm)."""
+    diff = site_differences(zoo[family])
+    assert {"resid_pre", "resid_post", "final"} <= set(diff)
+    bad = {k: v for k, v in diff.items() if not v <= ATOL}
+    assert not bad, f"{family}: {bad}"
+
+
+def test_site_selectors_mix_with_indices_and_globs(zoo):
+    from probing.layers import resolve_layers
+
+    model = zoo["llama"].loaded.model
+    got = resolve_layers(model, [1, "resid_mid.1", "mlp_out.*", "resid_post.-1", "resid_pre.0", "layers.*.mlp"])
+    assert [(r.key, r.module_name, r.capture) for r in got] == [
+        ("blocks.1", "layers.1", "output"),
+        ("resid_mid.1", "layers.1.post_attention_layernorm", "input"),
+        ("mlp_out.0", "layers.0.mlp", "output"),
+        ("mlp_out.1", "layers.1.mlp", "output"),
+        ("embeddings", "layers.0", "input"),
+        ("layers.0.mlp", "layers.0.mlp", "output"),  # a glob keeps module names as keys
+        ("layers.1.mlp", "layers.1.mlp", "output"),
+    ]
+    assert [r.key for r in resolve_layers(model, ["layers.?"])] == ["blocks.0", "blocks.1"]
+
+
+@pytest.mark.parametrize(
+    ("family", "selector", "match"),
+    [
+        ("llama", "mlp_out.2", r"block 2 is out of range.*-2\.\.1"),
+        ("llama", "layers.*.mpl", r"No module name .* matches 'layers\.\*\.mpl'.*layers\.\*\.self_attn"),
+        ("gpt_neox", "resid_mid.0", "in parallel"),
+    ],
+)
+def test_bad_sites_fail_before_compute(zoo, family, selector, match):
+    from probing.errors import LayerNotFoundError
+
+    with pytest.raises(LayerNotFoundError, match=match):
+        ActivationExtractor(zoo[family].loaded, layers=[selector])
+
+
+def test_unknown_family_says_how_to_select_by_name(zoo, monkeypatch):
+    from probing.errors import LayerNotFoundError
+    from probing.sites import FAMILY_SITES
+
+    monkeypatch.delitem(FAMILY_SITES, "llama")
+    loaded = zoo["llama"].loaded
+    with pytest.raises(LayerNotFoundError, match=r"not mapped for model type 'llama'.*layers=\['layers\.3\.mlp'\]"):
+        ActivationExtractor(loaded, layers=["attn_out.0"])
+    # block-level sites and the final norm (found by name) still work for any family
+    keys = ActivationExtractor(loaded, layers=["resid_pre.1", "resid_post.0", "final"]).layer_keys
+    assert keys == ["resid_pre.1", "blocks.0", "final"]
+
+
+def test_layers_command_lists_the_sites(zoo, capsys):
+    from probing.hooks import layers_main
+
+    assert layers_main([str(zoo["gemma2"].folder)]) == 0
+    out = capsys.readouterr().out
+    assert "resid_mid.L   layers.L.pre_feedforward_layernorm (input)" in out
+    assert "attn_out.L    layers.L.post_attention_layernorm (output)" in out
+    assert "final         norm (output)" in out
