@@ -219,6 +219,7 @@ class ModelBackend:
         padding_side: str | None = None,
         gguf_file: str | None = None,
         trust_remote_code: bool = False,
+        device_map: str | dict[str, Any] | None = None,
     ) -> BackendModel:
         """Load ``model_name`` (hub id or local folder) onto ``device``.
 
@@ -229,8 +230,13 @@ class ModelBackend:
             revision: hub revision (branch, tag or commit).
             padding_side: ``left`` or ``right``; default: the tokenizer's own.
             gguf_file: name of a GGUF file inside the folder, to load dequantized weights from it.
+            device_map: spread the model over devices with accelerate (``"auto"``, a dict, ...;
+                see `probing.placement`); replaces ``device``. Quantized checkpoints are checked there too.
         """
+        from probing.placement import check_device_map, check_quantization, input_device
+
         dev = resolve_device(device)
+        check_device_map(device_map)
         torch_dtype = resolve_dtype(dtype)
         if padding_side not in (None, "left", "right"):
             raise ConfigError(f"padding_side must be 'left' or 'right', got {padding_side!r}.")
@@ -255,8 +261,10 @@ class ModelBackend:
         try:
             config = AutoConfig.from_pretrained(path, **kwargs)
             model_class = _model_class(config, name)
+            check_quantization(config, name)  # before the weights load
             tokenizer = load_tokenizer(path, gguf=bool(gguf_file), **kwargs)
-            model = model_class.from_pretrained(path, config=config, dtype=torch_dtype, **kwargs)
+            placement = {} if device_map is None else {"device_map": device_map}
+            model = model_class.from_pretrained(path, config=config, dtype=torch_dtype, **kwargs, **placement)
         except ModelLoadError:
             raise
         except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, ValueError...: say which folder
@@ -282,7 +290,10 @@ class ModelBackend:
             tokenizer.padding_side = padding_side
         model.eval()
         model.requires_grad_(False)
-        model.to(dev)
+        if device_map is None:
+            model.to(dev)
+        else:
+            dev = input_device(model)
         return BackendModel(
             model=model,
             tokenizer=tokenizer,
@@ -291,5 +302,9 @@ class ModelBackend:
             is_decoder=_is_decoder(config),
             revision=revision or getattr(config, "_commit_hash", None),
             dtype=torch_dtype,
-            extra={"resolved_path": path, **({"gguf_file": gguf_file} if gguf_file else {})},
+            extra={
+                "resolved_path": path,
+                **({"gguf_file": gguf_file} if gguf_file else {}),
+                **({"device_map": dict(getattr(model, "hf_device_map", None) or {"": str(dev)})} if device_map else {}),
+            },
         )
