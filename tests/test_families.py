@@ -266,3 +266,13 @@ def test_layers_command_lists_the_sites(zoo, capsys):
     assert "resid_mid.L   layers.L.pre_feedforward_layernorm (input)" in out
     assert "attn_out.L    layers.L.post_attention_layernorm (output)" in out
     assert "final         norm (output)" in out
+
+
+def test_site_index_out_of_range_fails_in_preflight_before_loading():
+    from probing.errors import LayerNotFoundError
+    from probing.preflight import ModelFacts, check_layers
+
+    facts = ModelFacts("llama", 4, True)
+    check_layers(["resid_mid.3", "mlp_out.*", "final", "model.layers.*.mlp"], facts)
+    with pytest.raises(LayerNotFoundError, match="Layer index 4 is out of range"):
+        check_layers(["attn_out.4"], facts)
