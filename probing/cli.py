@@ -104,7 +104,7 @@ def _valid_keys(key: str, overrides: list[str]) -> tuple[str, list[str]]:
 
     options: dict[str, dict[str, Any]] = {"data": DATA, "storage": STORAGE, "trainer": TRAINERS, "model": MODELS,
                                           "strategy": STRATEGIES}
-    chosen = {"data": "builtin", "storage": "zarr", "trainer": "cpu"}
+    chosen = {"data": "ud_ewt", "storage": "zarr", "trainer": "cpu"}
     for o in overrides:
         name, _, value = o.lstrip("+~").partition("=")
         if name in options:
@@ -258,7 +258,10 @@ def run_job(cfg: Any, overrides: list[str] | None = None) -> Any:
             f"run: {result.path}"
         )
     if result.global_rank == 0 and job.probe_after_extract is not False:
-        _probe_after(result.path, config.get("probe", {}), explicit=job.probe_after_extract is True)
+        probe_cfg = dict(config.get("probe", {}))
+        if not probe_cfg.get("label_fields"):  # the data's own labels (UD EWT: sentence or word level)
+            probe_cfg["label_fields"] = job.data.label_fields(extractor.strategy.mode == "words")
+        _probe_after(result.path, probe_cfg, explicit=job.probe_after_extract is True)
     return result
 
 
