@@ -195,9 +195,11 @@ def run_job(cfg: Any, overrides: list[str] | None = None) -> Any:
     """Run the extraction job of a composed config; returns the `RunResult`."""
     from omegaconf import OmegaConf
 
+    from probing.config import WordsConfig
     from probing.preflight import check_job
 
     job = to_job(cfg)
+    job.data = job.data.for_level(isinstance(job.strategy, WordsConfig))  # the default data: text or word lists
     output_dir, run_id, hydra_overrides = _output_location(job)
     plan = check_job(job, output_dir)  # data, layers, model folder, output folder: before the weights load
     from probing.preflight import check_accelerator

@@ -151,6 +151,10 @@ class DataConfig:
         null); None: let the probes find them."""
         return None
 
+    def for_level(self, word_level: bool) -> DataConfig:
+        """This data as a word-level (``+strategy=words``) or another run reads it; unchanged by default."""
+        return self
+
 
 @dataclass
 class UDEWTData(DataConfig):
@@ -160,7 +164,6 @@ class UDEWTData(DataConfig):
     #: sentences taken, from a seeded shuffle of all 4,078 (null: all); 2,500 keeps the default job quick
     n_examples: int | None = 2500
     seed: int = 0
-    words_field: str | None = "words"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -179,6 +182,19 @@ class UDEWTData(DataConfig):
         from probing.data.ud_ewt import SENTENCE_LABELS, WORD_LABELS
 
         return list(WORD_LABELS if word_level else SENTENCE_LABELS)
+
+    def for_level(self, word_level: bool) -> DataConfig:
+        """Word-level runs read the word lists (their per-word UPOS and deprel are stored per row); other runs
+        read the original text (any tokenizer, GPT-2's too) and keep only the sentence fields."""
+        from dataclasses import replace
+
+        from probing.data.ud_ewt import SENTENCE_LABELS
+
+        if word_level and self.words_field is None:
+            return replace(self, words_field="words")
+        if not word_level and self.words_field is None and self.fields is None:
+            return replace(self, fields=["sent_id", "split", *SENTENCE_LABELS])
+        return self
 
 
 @dataclass
