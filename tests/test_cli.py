@@ -130,6 +130,7 @@ def test_two_job_multirun_writes_runs_and_a_summary(tmp_path, tiny_models):
         "+strategy=mean,last",
         f"model.name_or_path={tiny_models['bert']}",
         "layers=1",
+        "data=generated",  # every label has a value in every row: each job is probed
         "data.limit=12",
         "progress=false",
         "hydra.sweep.dir=sweep",
