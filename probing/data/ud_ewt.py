@@ -41,7 +41,7 @@ the dev file, ``test`` for the test file. The treebank's own split keeps every d
 an email thread) on one side, so sentences of one text never sit on both sides of the probe's split,
 and each side keeps the mix of the five web genres.
 
-``data=ud_ewt`` (the default of ``python -m probing``, `probing.config.UDEWTData`) takes 3,000 of the
+``data=ud_ewt`` (the default of ``python -m probing``, `probing.config.UDEWTData`) takes 2,500 of the
 4,078 sentences, in a seeded random order; pooled runs read each sentence's original ``text`` and store
 the sentence fields only, word-level runs (``+strategy=words``) read ``words`` and store ``upos`` and
 ``deprel`` per word, and the probes after extraction take the labels of that level.
