@@ -104,7 +104,7 @@ def _valid_keys(key: str, overrides: list[str]) -> tuple[str, list[str]]:
 
     options: dict[str, dict[str, Any]] = {"data": DATA, "storage": STORAGE, "trainer": TRAINERS, "model": MODELS,
                                           "strategy": STRATEGIES}
-    chosen = {"data": "builtin", "storage": "zarr", "trainer": "cpu"}
+    chosen = {"data": "ud_ewt", "storage": "zarr", "trainer": "cpu"}
     for o in overrides:
         name, _, value = o.lstrip("+~").partition("=")
         if name in options:
@@ -195,9 +195,11 @@ def run_job(cfg: Any, overrides: list[str] | None = None) -> Any:
     """Run the extraction job of a composed config; returns the `RunResult`."""
     from omegaconf import OmegaConf
 
+    from probing.config import WordsConfig
     from probing.preflight import check_job
 
     job = to_job(cfg)
+    job.data = job.data.for_level(isinstance(job.strategy, WordsConfig))  # the default data: text or word lists
     output_dir, run_id, hydra_overrides = _output_location(job)
     plan = check_job(job, output_dir)  # data, layers, model folder, output folder: before the weights load
     from probing.preflight import check_accelerator
@@ -263,6 +265,8 @@ def run_job(cfg: Any, overrides: list[str] | None = None) -> Any:
         )
     baseline = job.probe.baseline_model
     probe_cfg = {k: v for k, v in config.get("probe", {}).items() if k != "baseline_model"}
+    if not probe_cfg.get("label_fields"):  # the data's own labels (UD EWT: sentence or word level)
+        probe_cfg["label_fields"] = job.data.label_fields(strategy.mode == "words")
     report = None
     if result.global_rank == 0 and job.probe_after_extract is not False:
         report = _probe_after(result.path, probe_cfg, explicit=job.probe_after_extract is True or baseline is not None)

@@ -19,7 +19,9 @@ def test_default_job_on_the_embedded_model(tmp_path):
     assert reader.layers == ["embeddings"] + [f"blocks.{i}" for i in range(6)]
     acts = reader.activations(-1)
     assert acts.shape == (48, 384) and np.isfinite(acts).all()
-    assert set(reader.example_metadata("tense")) <= {"past", "present", "future"}
+    tense = reader.example_metadata("tense")  # UD English EWT: None where the main clause has no tensed verb
+    assert set(tense.tolist()) <= {"Past", "Pres", None} and "Pres" in set(tense.tolist())
+    assert reader.example_fields[:2] == ["token_counts", "text"] and "upos" not in reader.example_fields
     info = subprocess.run(
         [sys.executable, "-m", "probing", "info", str(run_path(proc.stdout))],
         capture_output=True,
@@ -57,7 +59,7 @@ BAD_INPUTS = [  # (overrides, what the one error line says); every one is refuse
     (["data.limt=5"], "Did you mean: 'limit'"),
     (["data.batch_size=abc"], "data.batch_size"),
     (["storage.dtype=bf16"], "expected one of float32, float16"),
-    (["+strategy=words"], "needs pre-split input"),
+    (["data=generated", "+strategy=words"], "needs pre-split input"),
     (["model.name_or_path=./no/such/folder"], "does not exist"),
     (["output_dir={jsonl}"], "is a file, not a folder"),
 ]
@@ -128,6 +130,7 @@ def test_two_job_multirun_writes_runs_and_a_summary(tmp_path, tiny_models):
         "+strategy=mean,last",
         f"model.name_or_path={tiny_models['bert']}",
         "layers=1",
+        "data=generated",  # every label has a value in every row: each job is probed
         "data.limit=12",
         "progress=false",
         "hydra.sweep.dir=sweep",

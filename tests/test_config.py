@@ -20,8 +20,27 @@ def test_default_config_is_the_embedded_job():
     assert isinstance(job, Config)
     assert job.model.name_or_path == "sentence-transformers/all-MiniLM-L6-v2" and job.model.dtype == "float32"
     assert job.strategy._target_.endswith("MeanStrategy") and job.layers == "all"
-    assert job.data.source == "builtin" and job.storage.backend == "zarr" and job.trainer.accelerator == "cpu"
+    assert job.data.source == "ud_ewt" and job.storage.backend == "zarr" and job.trainer.accelerator == "cpu"
     assert job.data.max_length is None  # the model's own limit, capped at 512: the same default as the Python API
+
+
+def test_the_generated_set_keeps_its_old_name():
+    for name in ("generated", "builtin"):
+        job = to_job(compose_config([f"data={name}", "data.n_examples=10"]))
+        assert job.data.source == "generated" and len(job.data.load()) == 10
+        assert job.data.label_fields(word_level=False) is None  # probes find tense, number, negation, sentiment
+
+
+def test_the_default_data_names_its_labels_per_level():
+    job = to_job(compose_config(["data.n_examples=5"]))
+    assert job.data.label_fields(word_level=False) == ["tense", "subj_number", "obj_number", "length", "depth",
+                                                       "question"]
+    assert job.data.label_fields(word_level=True) == ["upos", "deprel"]
+    rows = job.data.load()
+    assert len(rows) == 5 and all(len(r["words"]) == len(r["upos"]) for r in rows)
+    words, pooled = job.data.for_level(word_level=True), job.data.for_level(word_level=False)
+    assert words.words_field == "words" and words.fields is None  # per-word lists become per-row fields
+    assert pooled.words_field is None and "upos" not in pooled.fields and "tense" in pooled.fields  # text in
 
 
 @pytest.mark.parametrize(("group", "option"), [(g, o) for g, opts in group_options().items() for o in opts])

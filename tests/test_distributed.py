@@ -26,6 +26,7 @@ def test_two_ranks_equal_one(tmp_path, tiny_models, n):
     ref = single_process(tiny_models["bert"], n, tmp_path)
     proc = cli(
         f"model.name_or_path={tiny_models['bert']}",
+        "data=generated",  # the sentences single_process ran
         f"data.limit={n}",
         "data.batch_size=4",
         "storage.chunk_rows=8",

@@ -481,7 +481,7 @@ def test_import_probing_probes_loads_no_heavy_library():
 def builtin_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real run of the embedded model over the first 300 built-in sentences (~15 s)."""
     cwd = tmp_path_factory.mktemp("builtin")
-    proc = cli("data.limit=300", "progress=false", "output_dir=runs", "run_id=builtin300", cwd=cwd)
+    proc = cli("data=generated", "data.limit=300", "progress=false", "output_dir=runs", "run_id=builtin300", cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return cwd / run_path(proc.stdout)
 

@@ -27,7 +27,7 @@ def test_the_cli_quick_start_lines_that_need_no_hub(tmp_path):
     proc = cli("data.limit=40", "progress=false", "probe_after_extract=false", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = str(run_path(proc.stdout))
-    for args in (["--help"], ["info", run], ["probe", run, "--labels", "tense,number", "--method", "both"],
+    for args in (["--help"], ["info", run], ["probe", run, "--labels", "length,depth", "--method", "both"],
                  ["layers", "sentence-transformers/all-MiniLM-L6-v2"], ["--cfg", "job"]):
         done = cli(*args, cwd=tmp_path)
         assert done.returncode == 0, (args, done.stderr[-2000:])

@@ -253,8 +253,11 @@ def default_label_fields(reader: RunReader, exclude: Sequence[str | None] = ()) 
             continue
         if values.dtype.kind == "f" and not np.isfinite(values).all():
             continue  # whole numbers with gaps: name the field to probe it
-        if values.dtype == object and len(values) and not isinstance(values[0], str):
-            continue  # JSON-encoded structures (or values with gaps)
+        if values.dtype == object:
+            present = [v for v in values.tolist() if not _missing(v)]
+            if not present or not all(isinstance(v, (str, bool, int)) for v in present):
+                continue  # JSON-encoded structures, or no value at all
+            values = np.asarray([str(v) for v in present], dtype=object)  # rows without a value do not count
         n = len(np.unique(_plain(values)))
         if 2 <= n <= MAX_AUTO_CLASSES and n < len(values):
             out.append(field)
