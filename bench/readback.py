@@ -14,7 +14,7 @@
    are given too). Ratios are against the dd figure of the same round; medians over rounds.
 3. Everything written is deleted at the end (the disk is shared).
 
-    python bench/readback.py [--gb 2] [--rounds 3] [--dir bench/_readback] [--out bench/results/readback.json]
+    python bench/readback.py [--gb 2] [--rounds 3] [--dir /tmp/probing-readback] [--out bench/results/readback.json]
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -73,9 +74,9 @@ def write_run(root: Path, dtype: str, gb: float) -> Path:
     itemsize = np.dtype(dtype).itemsize
     total_rows = int(gb * 1e9 / (DIM * itemsize)) + 1
     rng = np.random.default_rng(0)
-    counts = rng.integers(16, 113, size=total_rows // 64 + 2)  # mean 64 rows per example
+    counts = rng.integers(16, 113, size=total_rows // 32 + 2)  # mean 64 rows per example
     starts = np.concatenate([[0], np.cumsum(counts)])
-    n = int(np.searchsorted(starts, total_rows)) + 1
+    n = int(np.searchsorted(starts, total_rows))  # the first n examples hold >= total_rows rows
     counts, starts = counts[:n], starts[: n + 1]
     storage = ZarrStorage(str(root), dtype=dtype)
     layout = storage.layout(n, {"blocks.6": (DIM,)}, ragged=True, total_rows=int(starts[-1]))
@@ -134,7 +135,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--gb", type=float, default=2.0)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--dir", default="bench/_readback")
+    ap.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "probing-readback"))  # outside the repo
     ap.add_argument("--out", default="bench/results/readback.json")
     ap.add_argument("--one", nargs=3, metavar=("RUN", "SHUFFLE", "WORKERS"), help=argparse.SUPPRESS)
     a = ap.parse_args()
