@@ -28,6 +28,7 @@ commands:
                     python -m probing info runs/<run id> --verify
   layers MODEL    a model's hook points: block indices, the embeddings, module names (no weights loaded)
                     python -m probing layers openai-community/gpt2
+  runs [FOLDER]   the runs of a folder (default runs/) with their identity and what they hold
 
 extraction options are Hydra overrides (key=value); config groups are chosen with
   +model=<{models}>  +strategy=<{strategies}>
@@ -247,9 +248,13 @@ def run_job(cfg: Any, overrides: list[str] | None = None) -> Any:
         on_nonfinite=job.on_nonfinite,
         allow_empty=d.allow_empty,
         lease_timeout=job.lease_timeout_s,
+        reuse=(job.run_id is None) if job.reuse == "auto" else job.reuse,  # the user's run_id, not a sweep's job<N>
     )
     result = runner.run()
-    if result.global_rank == 0:
+    if result.global_rank == 0 and result.stats.get("reused"):
+        print(f"probing: served from {result.stats['source']} ({result.stats['reused']}), the model was not run\n"
+              f"run: {result.path}")
+    elif result.global_rank == 0:
         s = result.stats
         print(
             f"probing: stored {result.n_examples} examples x {len(result.layers)} layers "
@@ -329,6 +334,7 @@ SUBCOMMANDS = {
     "probe": ("probing.probes.cli", "probe_main"),
     "info": ("probing.inspect", "info_main"),
     "layers": ("probing.hooks", "layers_main"),
+    "runs": ("probing.runs", "runs_main"),
 }
 
 

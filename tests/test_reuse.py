@@ -113,3 +113,20 @@ def test_tokens_without_special_tokens_do_not_serve_a_mean(tmp_path, model, sent
     run(tmp_path, model, sentences, [0], TokensStrategy(keep_special=False))
     _, n = passes(model, lambda: run(tmp_path, model, sentences, [0], MeanStrategy()))
     assert n > 0
+
+
+@pytest.mark.slow
+def test_the_cli_serves_a_rerun_from_the_stored_run_and_lists_identities(tmp_path, tiny_models) -> None:
+    from cli_helpers import cli, run_path
+
+    args = ("+model=distilbert", "+strategy=mean", f"model.name_or_path={tiny_models['distilbert']}", "layers=[0,-1]",
+            "data.limit=10", "progress=false", "output_dir=out", "probe_after_extract=false")
+    first = cli(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = cli(*args, "data.batch_size=3", cwd=tmp_path)  # how it runs is not what it is
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "the model was not run" in again.stdout and run_path(again.stdout) == run_path(first.stdout)
+    listing = cli("runs", "out", cwd=tmp_path)
+    assert listing.returncode == 0, listing.stderr
+    with open_run(tmp_path / run_path(first.stdout)) as r:
+        assert run_identity(r.metadata) in listing.stdout and r.run_id in listing.stdout

@@ -203,9 +203,10 @@ class RunLoader(IterableDataset[Any]):
                 yield a, b, fut.result()
 
     def _batch(self, rows: np.ndarray, index: np.ndarray) -> Any:
+        wanted = None if self.dtype is None else torch.empty(0, dtype=self.dtype).numpy().dtype
+        if wanted is not None and rows.dtype != wanted:
+            rows = rows.astype(wanted)  # in numpy: every batch is a numpy-backed tensor, whatever the dtypes
         t = torch.from_numpy(rows)
-        if self.dtype is not None and t.dtype != self.dtype:
-            t = t.to(self.dtype)
         return (t, torch.from_numpy(index)) if self.return_index else t
 
     def __len__(self) -> int:
