@@ -263,7 +263,10 @@ def run_job(cfg: Any, overrides: list[str] | None = None) -> Any:
             f"run: {result.path}"
         )
     if result.global_rank == 0 and job.probe_after_extract is not False:
-        _probe_after(result.path, config.get("probe", {}), explicit=job.probe_after_extract is True)
+        probe_cfg = dict(config.get("probe", {}))
+        if result.stats.get("reused") == "layers" and not probe_cfg.get("layers"):
+            probe_cfg["layers"] = list(result.layers)  # the stored run has more layers than were asked for
+        _probe_after(result.path, probe_cfg, explicit=job.probe_after_extract is True)
     return result
 
 

@@ -130,3 +130,21 @@ def test_the_cli_serves_a_rerun_from_the_stored_run_and_lists_identities(tmp_pat
     assert listing.returncode == 0, listing.stderr
     with open_run(tmp_path / run_path(first.stdout)) as r:
         assert run_identity(r.metadata) in listing.stdout and r.run_id in listing.stdout
+
+
+@pytest.mark.slow
+def test_a_sweep_over_layers_and_pooling_runs_the_model_once(tmp_path, tiny_models) -> None:
+    """Two strategies x two layers: one source extraction (every token of blocks 0 and 2), then four jobs
+    pooled from it; each job says the model was not run, and the source is the only run not derived."""
+    from cli_helpers import cli
+
+    proc = cli("-m", "+strategy=mean,max", "layers=0,2", f"model.name_or_path={tiny_models['bert']}",
+               "data.limit=12", "progress=false", "hydra.sweep.dir=sweep", "probe_after_extract=false", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("the model was not run") == 4
+    with open_run(tmp_path / "sweep" / "_source") as src:
+        assert src.layers == ["blocks.0", "blocks.2"] and src.metadata["strategy"]["name"] == "tokens"
+        assert "derived_from" not in src.metadata
+    for i in range(4):
+        with open_run(tmp_path / "sweep" / f"job{i}") as job:
+            assert job.metadata["derived_from"]["source"].endswith("_source") and job.n_examples == 12
