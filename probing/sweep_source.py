@@ -51,7 +51,7 @@ def source_overrides(task: list[str], sweep_dir: str) -> list[str] | None:
         if o.key_or_group == "reuse" and str(o.value()).lower() == "false":
             return None
         if not o.is_sweep_override():
-            out.append(o.input_line)
+            out.append(str(o.input_line))
             continue
         values = [str(v) for v in o.sweep_string_iterator()]
         if o.key_or_group == "layers":
