@@ -6,7 +6,8 @@ line. When only ``layers`` and/or ``strategy`` are swept (the strategies among m
 one run with the union of the layers (and, for a strategy sweep, ``tokens`` with every token) is
 extracted into ``<sweep dir>/_source`` by a plain ``python -m probing`` process. Each job then finds
 it with ``reuse`` (on by default when no run_id is given) and runs no forward pass. Any other swept
-key, or ``reuse=false``, leaves the sweep as it was: one extraction per job.
+key, ``reuse=false``, or a launcher other than Hydra's basic one (submitit: the source would run on
+the submitting host) leaves the sweep as it was: one extraction per job.
 """
 
 from __future__ import annotations
@@ -73,6 +74,9 @@ class SweepSource(Callback):
     """Hydra callback: extract the sweep's source run once before its jobs (see the module docstring)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        launcher = str(config.hydra.get("launcher", {}).get("_target_", ""))
+        if launcher and not launcher.endswith("BasicLauncher"):
+            return  # a cluster launcher: the source would run here, on the submitting host; jobs extract as before
         task = list(config.hydra.overrides.task)
         overrides = source_overrides(task, str(config.hydra.sweep.dir))
         if overrides is None:
