@@ -12,6 +12,9 @@ and the accuracy cost of bf16-mixed against fp32 (cosine and max abs difference 
 everything as JSON.
 
     python bench/throughput.py [--n 2048] [--repeats 3] [--out bench/results/throughput.json]
+    python bench/throughput.py --peers 5 --out bench/results/peers.json   # probing vs naive vs nnsight
+
+nnsight (``pip install 'probing[bench]'``) does the naive loop's work (all layers, masked mean, saved).
 """
 
 from __future__ import annotations
@@ -180,6 +183,55 @@ def paired(bare_fn: Callable[[], Any], fn: Callable[[], Any], pairs: int) -> lis
     return out
 
 
+def nnsight_runner(model: Any, plain: list[dict[str, torch.Tensor]], out: Path) -> Callable[[], None] | None:
+    """The naive loop's work through nnsight (all layers, masked mean, saved to disk), or None if absent.
+
+    nnsight 0.8: modules are reached through the wrapper (``nn_model.encoder.layer[i].output``); saved
+    values go into a list made before the ``with`` block (PITFALLS.md)."""
+    try:
+        import warnings
+
+        from nnsight import NNsight
+    except ImportError:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "submodule named 'output'": BERT layers have one; .output is the output
+        nn_model = NNsight(model)
+    from probing.layers import find_block_list
+
+    n_blocks = len(find_block_list(model)[1])
+
+    def run() -> None:
+        pooled: list[list[np.ndarray]] = []
+        with torch.inference_mode():
+            for b in plain:
+                saved: list[Any] = []
+                with nn_model.trace(**b):
+                    saved.append(nn_model.embeddings.output.save())
+                    for i in range(n_blocks):
+                        saved.append(nn_model.encoder.layer[i].output.save())
+                m = b["attention_mask"].unsqueeze(-1).float()
+                pooled.append([((h * m).sum(1) / m.sum(1)).numpy() for h in saved])
+        np.save(out, np.stack([np.concatenate([o[i] for o in pooled]) for i in range(len(pooled[0]))]))
+
+    return run
+
+
+def peer_rounds(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
+    """Each runner once per round, one after the other (after one warm-up of each): seconds per round."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(rounds):
+        names = list(fns)
+        names = names[r % len(names):] + names[: r % len(names)]  # rotate who goes first
+        for k in names:
+            t0 = time.perf_counter()
+            fns[k]()
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
 def compare_runs(fp32_path: str, other_path: str) -> dict[str, dict[str, float]]:
     """Per layer: mean and min cosine between the two runs' vectors, max abs difference, max abs of fp32."""
     from probing import open_run
@@ -203,6 +255,8 @@ def main() -> None:
     ap.add_argument("--target-only", action="store_true", help="only the sorted bare forward and the paired row")
     ap.add_argument("--out", default="bench/results/throughput.json")
     ap.add_argument("--skip-cli", action="store_true")
+    ap.add_argument("--peers", type=int, default=0, metavar="ROUNDS",
+                    help="only the peer table: bare forward, probing, the naive loop and nnsight, ROUNDS rounds")
     a = ap.parse_args()
     torch.set_num_threads(2)
     from probing import ActivationExtractor, DatasetRunner, MeanStrategy, ModelBackend, ZarrStorage
@@ -257,6 +311,12 @@ def main() -> None:
         last_path[precision] = result.path
 
     print("timing...", file=sys.stderr)
+    if a.peers:
+        peers(a, texts, real_tokens, {"bare forward (dataset order)": lambda: bare(plain),
+                                      "bare forward (length-sorted, probing's batching)": lambda: bare(by_length)},
+              lambda: probing_run("all"), naive, nnsight_runner(model, plain, Path(tmp) / "nnsight.npy"))
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
     row("bare forward, dataset order", lambda: bare(plain), "dataset", 1 if a.target_only else None)
     row("bare forward, length-sorted", lambda: bare(by_length), "sorted")
     if not a.target_only:
@@ -291,12 +351,11 @@ def main() -> None:
     else:
         other_rows(row, probing_run, a.bf16_repeats)
         bf16_cost = compare_runs(last_path["32-true"], last_path["bf16-mixed"])
-    try:
-        import nnsight  # noqa: F401
-
-        rows.append({"run": "nnsight", "note": "installed but not wired in this bench"})
-    except ImportError:
-        rows.append({"run": "nnsight", "note": "not installed beside torch 2.13 (optional); skipped"})
+    nn_run = nnsight_runner(model, plain, Path(tmp) / "nnsight.npy")
+    if nn_run is None:
+        rows.append({"run": "nnsight", "note": "not installed (pip install 'probing[bench]'); skipped"})
+    else:
+        row("nnsight 0.8 trace: all layers saved + masked mean -> numpy", nn_run, "dataset")
     cli: dict[str, Any] = {}
     if not a.skip_cli:
         data = Path(tmp) / "texts.jsonl"
@@ -355,6 +414,35 @@ def main() -> None:
                                        "breakdown_median_over_pairs_s": breakdown_median,
                                        "bf16_vs_fp32": bf16_cost, "real_tokens": real_tokens, "n": len(texts),
                                        "load_average": load}, indent=2))
+
+
+def peers(a: Any, texts: list[str], real_tokens: int, bare_fns: dict[str, Callable[[], Any]],
+          probing_fn: Callable[[], Any], naive_fn: Callable[[], Any], nnsight_fn: Callable[[], Any] | None) -> None:
+    """The peer table: every runner once per round, ratios per round, medians over rounds."""
+    fns: dict[str, Callable[[], Any]] = {**bare_fns, "probing DatasetRunner (all layers, mean, zarr)": probing_fn,
+                                         "naive loop (output_hidden_states, mean, npy)": naive_fn}
+    if nnsight_fn is not None:
+        fns["nnsight 0.8 (trace, all layers saved, mean, npy)"] = nnsight_fn
+    times = peer_rounds(fns, a.peers)
+    probing_key = "probing DatasetRunner (all layers, mean, zarr)"
+    load = os.getloadavg()
+    print(f"\n{len(texts)} sentences, {real_tokens:,} real tokens, batch 32, max length 128, {torch.get_num_threads()} "
+          f"threads, {a.peers} rounds; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (other jobs running)")
+    print(f"{'run':<52}{'median s':>10}{'tokens/s':>10}{'probing x (median of rounds)':>30}")
+    result: dict[str, Any] = {"rounds": a.peers, "n": len(texts), "real_tokens": real_tokens, "load_average": load,
+                              "rows": {}}
+    for k, ts in times.items():
+        med = statistics.median(ts)
+        per_round = [t / p for t, p in zip(ts, times[probing_key], strict=True)]  # > 1: probing is faster
+        ratio = statistics.median(per_round)
+        print(f"{k:<52}{med:>10.2f}{real_tokens / med:>10,.0f}{ratio:>30.3f}")
+        result["rows"][k] = {"seconds": ts, "median_s": med, "tokens_per_s": real_tokens / med,
+                             "probing_speedup_per_round": per_round, "probing_speedup_median": ratio}
+    print("probing x: this runner's time / probing's time in the same round, median over rounds (> 1: probing is\n"
+          "  faster). Against the length-sorted bare forward (the same batching as probing) it is the fraction\n"
+          "  of the bare forward's speed that probing keeps; peers run in dataset order, as users write them.")
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -141,6 +141,55 @@ def _is_decoder(config: Any) -> bool:
     return getattr(config, "model_type", "") in decoder_types or bool(getattr(config, "is_decoder", False))
 
 
+#: tokenizer classes that only wrap the folder's ``tokenizer.json`` (no vocabulary logic of their own)
+GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+#: encoder-decoder families whose encoder loads alone (the decoder's weights are left unread)
+ENCODER_CLASSES = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}
+
+
+def _model_class(config: Any, name: str) -> Any:
+    """The class to load: a checkpoint saved as an encoder alone (``T5EncoderModel``, whose config says
+    ``is_encoder_decoder: false`` yet `AutoModel` would build the whole ``T5Model`` with a random
+    decoder) loads as that class, and so does the encoder of a T5 checkpoint; other encoder-decoder
+    models are refused; the rest loads as `AutoModel` (no task head)."""
+    import transformers
+    from transformers import AutoModel
+
+    archs = getattr(config, "architectures", None) or []
+    encoder = next((a for a in archs if a.endswith("EncoderModel") and hasattr(transformers, a)), None)
+    if encoder is None and getattr(config, "is_encoder_decoder", False):
+        encoder = ENCODER_CLASSES.get(getattr(config, "model_type", ""))
+        if encoder is None:
+            raise ModelLoadError(
+                f"{name!r} is an encoder-decoder model ({config.model_type}); `probing` supports encoder-only "
+                f"and decoder-only models, and the encoder of {', '.join(sorted(ENCODER_CLASSES))}."
+            )
+    return AutoModel if encoder is None else getattr(transformers, encoder)
+
+
+def load_tokenizer(path: str, *, gguf: bool = False, **kwargs: Any) -> Any:
+    """The tokenizer saved at ``path``, as saved: the class its ``tokenizer_config.json`` declares.
+
+    transformers 5 (`AutoTokenizer`) swaps the declared class for its own one for some model types
+    (``MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS``: qwen2, phi3, modernbert, ...). When the folder
+    declares a generic class (``TokenizersBackend``, what ``save_pretrained`` of a tokenizers-built
+    tokenizer writes), the swapped-in class (e.g. ``Qwen2Tokenizer``) rebuilds a byte-level BPE from
+    the vocabulary and ignores the folder's ``tokenizer.json``: every text is tokenized differently
+    from the saved tokenizer (``"the cat sat"`` -> ``[1, 4, 4]`` instead of ``[1, 3, 5, 8]``), and
+    every activation differs silently. A generic declaration is therefore loaded as declared.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from transformers.models.auto.tokenization_auto import get_tokenizer_config
+
+    if not gguf:  # a GGUF file carries its own tokenizer
+        declared = get_tokenizer_config(path, **kwargs).get("tokenizer_class")
+        if declared in GENERIC_TOKENIZER_CLASSES:
+            return PreTrainedTokenizerFast.from_pretrained(path, **kwargs)
+    return AutoTokenizer.from_pretrained(path, **kwargs)
+
+
 def _ensure_pad_token(tokenizer: Any, name: str) -> None:
     """Decoder tokenizers (GPT-2, Llama) often lack a pad token: reuse EOS (or UNK)."""
     if tokenizer.pad_token is not None:
@@ -170,6 +219,7 @@ class ModelBackend:
         padding_side: str | None = None,
         gguf_file: str | None = None,
         trust_remote_code: bool = False,
+        device_map: str | dict[str, Any] | None = None,
     ) -> BackendModel:
         """Load ``model_name`` (hub id or local folder) onto ``device``.
 
@@ -180,8 +230,13 @@ class ModelBackend:
             revision: hub revision (branch, tag or commit).
             padding_side: ``left`` or ``right``; default: the tokenizer's own.
             gguf_file: name of a GGUF file inside the folder, to load dequantized weights from it.
+            device_map: spread the model over devices with accelerate (``"auto"``, a dict, ...;
+                see `probing.placement`); replaces ``device``. Quantized checkpoints are checked there too.
         """
+        from probing.placement import check_device_map, check_quantization, input_device
+
         dev = resolve_device(device)
+        check_device_map(device_map)
         torch_dtype = resolve_dtype(dtype)
         if padding_side not in (None, "left", "right"):
             raise ConfigError(f"padding_side must be 'left' or 'right', got {padding_side!r}.")
@@ -193,7 +248,7 @@ class ModelBackend:
         if not is_local and name.startswith((".", "/", "~")):
             raise ModelLoadError(f"Model folder {name!r} does not exist.")
 
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers import AutoConfig
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
@@ -205,13 +260,11 @@ class ModelBackend:
         path = str(Path(name).expanduser()) if is_local else name
         try:
             config = AutoConfig.from_pretrained(path, **kwargs)
-            if getattr(config, "is_encoder_decoder", False):
-                raise ModelLoadError(
-                    f"{name!r} is an encoder-decoder model ({config.model_type}); `probing` supports "
-                    "encoder-only and decoder-only models."
-                )
-            tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-            model = AutoModel.from_pretrained(path, config=config, dtype=torch_dtype, **kwargs)
+            model_class = _model_class(config, name)
+            check_quantization(config, name)  # before the weights load
+            tokenizer = load_tokenizer(path, gguf=bool(gguf_file), **kwargs)
+            placement = {} if device_map is None else {"device_map": device_map}
+            model = model_class.from_pretrained(path, config=config, dtype=torch_dtype, **kwargs, **placement)
         except ModelLoadError:
             raise
         except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, ValueError...: say which folder
@@ -237,7 +290,10 @@ class ModelBackend:
             tokenizer.padding_side = padding_side
         model.eval()
         model.requires_grad_(False)
-        model.to(dev)
+        if device_map is None:
+            model.to(dev)
+        else:
+            dev = input_device(model)
         return BackendModel(
             model=model,
             tokenizer=tokenizer,
@@ -246,5 +302,9 @@ class ModelBackend:
             is_decoder=_is_decoder(config),
             revision=revision or getattr(config, "_commit_hash", None),
             dtype=torch_dtype,
-            extra={"resolved_path": path, **({"gguf_file": gguf_file} if gguf_file else {})},
+            extra={
+                "resolved_path": path,
+                **({"gguf_file": gguf_file} if gguf_file else {}),
+                **({"device_map": dict(getattr(model, "hf_device_map", None) or {"": str(dev)})} if device_map else {}),
+            },
         )

@@ -224,32 +224,38 @@ def run_job(cfg: Any, overrides: list[str] | None = None) -> Any:
         padding_side=job.model.padding_side,
         gguf_file=job.model.gguf_file,
     )
-    extractor = ActivationExtractor(model, layers=config["layers"], strategy=strategy, early_stop=job.early_stop)
     d = job.data
-    runner = DatasetRunner(
-        dataset,
-        batch_size=d.batch_size,
-        extractor=extractor,
-        storage=storage,
-        run_id=run_id,
-        text_field=d.text_field,
-        words_field=d.words_field,
-        max_length=d.max_length,
-        bucketing=d.bucketing,
-        max_tokens_per_batch=d.max_tokens_per_batch,
-        num_workers=d.num_workers,
-        resume=job.resume,
-        trainer=config["trainer"],
-        progress=job.progress,
-        progress_every=job.progress_every,
-        config=config,
-        overrides=hydra_overrides or list(overrides or []),
-        announce=plan.announce,
-        on_nonfinite=job.on_nonfinite,
-        allow_empty=d.allow_empty,
-        lease_timeout=job.lease_timeout_s,
-        reuse=(job.run_id is None) if job.reuse == "auto" else job.reuse,  # the user's run_id, not a sweep's job<N>
-    )
+
+    def make_runner(backend: Any, name: str | None, reuse: bool) -> Any:
+        extractor = ActivationExtractor(backend, layers=config["layers"], strategy=strategy, early_stop=job.early_stop)
+        return DatasetRunner(
+            dataset,
+            batch_size=d.batch_size,
+            extractor=extractor,
+            storage=storage,
+            run_id=name,
+            text_field=d.text_field,
+            words_field=d.words_field,
+            max_length=d.max_length,
+            bucketing=d.bucketing,
+            max_tokens_per_batch=d.max_tokens_per_batch,
+            num_workers=d.num_workers,
+            resume=job.resume,
+            trainer=config["trainer"],
+            progress=job.progress,
+            progress_every=job.progress_every,
+            config=config,
+            overrides=hydra_overrides or list(overrides or []),
+            announce=plan.announce,
+            on_nonfinite=job.on_nonfinite,
+            allow_empty=d.allow_empty,
+            lease_timeout=job.lease_timeout_s,
+            reuse=reuse,
+        )
+
+    # reuse=auto: on when the user gave no run_id (a sweep's job<N> is not the user's)
+    reuse = (job.run_id is None) if job.reuse == "auto" else bool(job.reuse)
+    runner = make_runner(model, run_id, reuse)
     result = runner.run()
     if result.global_rank == 0 and result.stats.get("reused"):
         print(f"probing: served from {result.stats['source']} ({result.stats['reused']}), the model was not run\n"
@@ -258,20 +264,49 @@ def run_job(cfg: Any, overrides: list[str] | None = None) -> Any:
         s = result.stats
         print(
             f"probing: stored {result.n_examples} examples x {len(result.layers)} layers "
-            f"({extractor.strategy.name}) of {job.model.name_or_path} in {s.get('seconds', 0):.1f} s "
+            f"({strategy.name}) of {job.model.name_or_path} in {s.get('seconds', 0):.1f} s "
             f"({s.get('real_tokens_per_s', 0):,.0f} tokens/s, padding {100 * s.get('padding_fraction', 0):.1f}%)\n"
             f"run: {result.path}"
         )
+    baseline = job.probe.baseline_model
+    probe_cfg = {k: v for k, v in config.get("probe", {}).items() if k != "baseline_model"}
+    report = None
     if result.global_rank == 0 and job.probe_after_extract is not False:
-        probe_cfg = dict(config.get("probe", {}))
         if result.stats.get("reused") == "layers" and not probe_cfg.get("layers"):
             probe_cfg["layers"] = list(result.layers)  # the stored run has more layers than were asked for
-        _probe_after(result.path, probe_cfg, explicit=job.probe_after_extract is True)
+        report = _probe_after(result.path, probe_cfg, explicit=job.probe_after_extract is True or baseline is not None)
+    if baseline == "random":
+        from probing.baseline_model import SEED, random_weights
+
+        print(f"probing: the random-weights baseline: {job.model.name_or_path}'s architecture, initialised from its "
+              f"config with seed {SEED}, extracted and probed the same way")
+        # with reuse, a rerun finds its stored random-weights run by identity (its weights' fingerprint)
+        random_result = make_runner(random_weights(model, SEED), f"{result.run_id}-random", reuse).run()
+        if random_result.global_rank == 0 and report is not None:
+            random_report = _probe_after(random_result.path, probe_cfg, explicit=True)
+            _plot_against_random(report, random_report)
     return result
 
 
-def _probe_after(run_path: str, probe_cfg: dict[str, Any], explicit: bool) -> None:
-    """Probe the run just written and print the per-layer table (skipped quietly if it has no labels)."""
+def _plot_against_random(report: Any, random_report: Any) -> None:
+    """Draw the trained model's curves beside the random-weights model's, into the trained report's folder."""
+    from pathlib import Path
+
+    from probing.probes.plot import plot_reports
+
+    files = getattr(report, "files", None) or {}
+    if not files.get("json"):
+        return
+    target = Path(files["json"]).with_name("probes_vs_random_weights.png")
+    plot_reports([report, random_report], target, names=["trained", "random weights"],
+                 title=f"Probe score by layer: {report.model}, trained vs random weights")
+    report.files["vs_random"] = str(target)
+    print(f"probes: trained vs random weights: {target}")
+
+
+def _probe_after(run_path: str, probe_cfg: dict[str, Any], explicit: bool) -> Any:
+    """Probe the run just written and print the per-layer table (skipped quietly if it has no labels);
+    returns the `ProbeReport` (None when skipped)."""
     from probing.errors import ProbingError
     from probing.probes.report import format_table
     from probing.probes.run import probe_run
@@ -282,11 +317,12 @@ def _probe_after(run_path: str, probe_cfg: dict[str, Any], explicit: bool) -> No
         if explicit:
             raise
         print(f"probing: no probes after extraction ({exc}); `python -m probing probe {run_path}` probes it later")
-        return
+        return None
     print(format_table(report))
     files = getattr(report, "files", None) or {}
     if files:
         print("probes: " + ", ".join(str(v) for v in files.values()))
+    return report
 
 
 def _run_reporting(cfg: Any, overrides: list[str] | None = None) -> int:

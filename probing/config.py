@@ -326,7 +326,7 @@ class ProbeConfig:
     keyword arguments, with its default."""
 
     label_fields: list[str] | None = None  # e.g. [tense, number]; null: every field with 2-50 classes
-    method: str = "sklearn"  # sklearn, torch, both
+    method: str = "sklearn"  # sklearn, torch, mlp, both (= sklearn,torch), or a comma list: sklearn,mlp
     split_field: str | None = "split"  # train/test(/dev) values; null or absent from the run: k-fold CV
     group_field: str | None = None  # rows of one group never straddle a split, e.g. sentence_id
     k_folds: int = 5
@@ -342,9 +342,19 @@ class ProbeConfig:
     feature_bytes: int = 2**30  # most bytes of features in memory: layers are read a group at a time
     write: bool = True  # write the report files (false: only print the table)
     overwrite: bool = False  # replace a report of the same name instead of refusing
+    mdl: bool = True  # online codelength (MDL, Voita & Titov 2020) of each label and its control task
+    mdl_rows: int | None = 10_000  # most training rows coded by MDL (a seeded sample); null: all
+    top_neurons: int = 10  # neurons per layer and label ranked by the linear probe's weight mass (0: none)
+    mlp_hidden: int = 256  # hidden units of the MLP probes (method=mlp)
+    #: random: also extract and probe the same architecture with random weights (seeded), drawn beside
+    baseline_model: str | None = None
 
     def __post_init__(self) -> None:
         _at_least("probe.k_folds", self.k_folds, 2)
+        _at_least("probe.mdl_rows", self.mdl_rows, 10)
+        _at_least("probe.top_neurons", self.top_neurons, 0)
+        _at_least("probe.mlp_hidden", self.mlp_hidden, 1)
+        _one_of("probe.baseline_model", self.baseline_model, (None, "random"))
         _at_least("probe.n_bootstrap", self.n_bootstrap, 0)
         _at_least("probe.search_rows", self.search_rows, 2)
         _at_least("probe.max_rows", self.max_rows, 2)

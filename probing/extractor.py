@@ -225,6 +225,9 @@ class ActivationExtractor:
     # -- hooks ----------------------------------------------------------------------------------
     def _store(self, key: str, hidden: torch.Tensor) -> None:
         assert self._mask is not None
+        batch, tokens = self._mask.shape
+        if hidden.dim() == 2 and hidden.shape[0] == batch * tokens:
+            hidden = hidden.view(batch, tokens, -1)  # OPT flattens tokens around its MLP (fc2, final_layer_norm)
         if self._plan is not None:
             assert isinstance(self.strategy, TokenLevelStrategy)
             self._captured[key] = self.strategy.rows(hidden.float(), self._plan).float()

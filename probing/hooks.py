@@ -61,6 +61,9 @@ def describe_hook_points(model: Any, name: str = "") -> str:
     ]
     if final:
         lines.append(f"  layers={final:<15} the final norm's output (= hidden_states[-1] of transformers)")
+    from probing.sites import describe_sites
+
+    lines += describe_sites(model, list_name, n)
     prefix = f"{list_name}.0."
     inside = [(k[len(prefix):], type(m).__name__) for k, m in modules.items() if k.startswith(prefix)]
     if inside:

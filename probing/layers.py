@@ -1,4 +1,5 @@
-"""Resolve layer selectors (int, ``"embeddings"``, module name, module object) to hookable modules.
+"""Resolve layer selectors (int, ``"embeddings"``, module name, module object, named site such as
+``"mlp_out.3"`` or a glob over module names, see `probing.sites`) to hookable modules.
 
 An int indexes the model's stack of transformer blocks; where that stack lives is the only
 per-family knowledge `probing` keeps (`BLOCK_LIST_PATHS`), with a generic search as fallback.
@@ -28,6 +29,7 @@ BLOCK_LIST_PATHS: tuple[str, ...] = (
     "model.layers",  # the same with LM head
     "gpt_neox.layers",
     "decoder.layers",  # OPT
+    "encoder.block",  # T5's encoder
 )
 
 EMBEDDINGS = "embeddings"
@@ -121,11 +123,14 @@ def resolve_layers(model: nn.Module, selectors: Sequence[LayerSelector]) -> list
     block_index = {id(b): i for i, b in enumerate(blocks)}
     resolved: list[ResolvedLayer] = []
     seen: set[str] = set()
+    from probing.sites import expand
+
     for sel in selectors:
-        layer = _resolve_one(sel, model, list_name, blocks, n, names, modules, block_index)
-        if layer.key not in seen:
-            seen.add(layer.key)
-            resolved.append(layer)
+        layers = expand(sel, model, list_name, blocks) if isinstance(sel, str) and sel not in modules else None
+        for layer in layers or [_resolve_one(sel, model, list_name, blocks, n, names, modules, block_index)]:
+            if layer.key not in seen:
+                seen.add(layer.key)
+                resolved.append(layer)
     return resolved
 
 

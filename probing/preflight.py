@@ -109,7 +109,8 @@ def check_weights(folder: Path) -> None:
 
 
 def _block_indices(spec: Any) -> list[Any]:
-    """The block indices of a layers setting (ints, "-1", lists); names, ``all`` and ranges give none."""
+    """The block indices of a layers setting (ints, "-1", ``"mlp_out.3"``, lists); names, ``all``, ranges and
+    ``"site.*"`` give none."""
     if isinstance(spec, (list, tuple)) or (hasattr(spec, "__iter__") and not isinstance(spec, (str, bytes))):
         return [i for item in spec for i in _block_indices(item)]
     if isinstance(spec, bool):
@@ -117,6 +118,9 @@ def _block_indices(spec: Any) -> list[Any]:
     if isinstance(spec, int):
         return [spec]
     text = str(spec).strip()
+    site, _, index = text.rpartition(".")
+    if site in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"):  # named sites (probing.sites)
+        text = index
     return [int(text)] if text.lstrip("-").isdigit() else []
 
 

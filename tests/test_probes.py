@@ -379,7 +379,7 @@ def test_report_files_are_written_into_the_run_and_load_back(tmp_path):
     png = Path(report.files["png"]).read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
     lines = Path(report.files["csv"]).read_text().splitlines()
-    assert lines[0].startswith("run,model,strategy,layer,layer_index,label,method,accuracy,ci_low,ci_high,macro_f1")
+    assert lines[0].startswith("run,model,strategy,layer,layer_index,label,method,metric,score,ci_low,ci_high,macro_f1")
     assert {row.split(",")[4] for row in lines[1:]} == {""}  # modules of no block: no model layer index
     assert len(lines) == 1 + 2 * 2 * 2  # layers x labels x methods
     loaded = load_report(report.files["json"])
@@ -456,13 +456,15 @@ def test_probe_defaults_are_defined_once_for_the_api_the_config_and_the_command(
     from probing.probes.cli import _parser
 
     defaults = asdict(ProbeConfig())
+    defaults.pop("baseline_model")  # a job option: the job extracts the random-weights model, then probes it
     params = inspect.signature(probe_run).parameters
     assert set(defaults) <= set(params) - {"path_or_reader"}
     for key, value in defaults.items():
         default = params[key].default
         assert value == (list(default) if isinstance(default, tuple) else default), key
     args = vars(_parser().parse_args(["run"]))
-    for key in ("method", "split_field", "k_folds", "seed", "n_bootstrap", "search_rows", "max_rows"):
+    for key in ("method", "split_field", "k_folds", "seed", "n_bootstrap", "search_rows", "max_rows", "mdl", "mdl_rows",
+                "top_neurons", "mlp_hidden"):
         assert args[key] == defaults[key], key
 
 

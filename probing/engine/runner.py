@@ -249,6 +249,7 @@ class DatasetRunner:
                 "dtype": str(backend.dtype).replace("torch.", ""),
                 "is_decoder": backend.is_decoder,
                 "padding_side": getattr(backend.tokenizer, "padding_side", None),
+                "weights": backend.extra.get("weights", "pretrained"),
                 **self._fingerprints(),
             },
             **self.extractor.describe(),

@@ -70,13 +70,16 @@ class ProbeFit:
 
     ``predictions[i]`` are the predicted class codes of ``fold.test`` from layer ``i``; ``regs[i]``
     the ``C`` chosen (or given) for it; ``seconds[i]`` its share of the fitting time; ``control[i]``
-    the predictions of layer ``i``'s control-task probe, when a control task was given.
+    the predictions of layer ``i``'s control-task probe, when a control task was given; ``weights[i]``
+    the final linear probe's weights on standardized features (``[n_outputs, dim]``: one row per class,
+    or one row for a binary or regression probe), for ranking neurons (`probing.probes.neurons`).
     """
 
     predictions: np.ndarray
     regs: list[float]
     seconds: list[float]
     control: np.ndarray | None = None
+    weights: list[np.ndarray] | None = None
 
 
 class FitPredict(Protocol):

@@ -22,7 +22,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("run", help="run folder, as printed by `python -m probing` (run: <path>)")
     p.add_argument("--labels", default=None, help="label fields, comma-separated (default: every label-like field)")
-    p.add_argument("--method", default=D.method, help=f"sklearn, torch or both (default: {D.method})")
+    p.add_argument("--method", default=D.method,
+                   help=f"sklearn, torch, mlp, both (= sklearn,torch) or a comma list (default: {D.method}); "
+                   "real-valued labels always get ridge regression")
     p.add_argument("--out", default=None, help="output folder (default: <run>/probes)")
     p.add_argument("--layers", default=None, help="layers, comma-separated: embeddings, 0, -1, blocks.3 (default: all)")
     p.add_argument("--split-field", default=D.split_field,
@@ -50,6 +52,18 @@ def _parser() -> argparse.ArgumentParser:
         help="most rows probed (a larger run: a stratified sample, printed); 'all' for every row "
         f"(default: {D.max_rows})",
     )
+    p.add_argument("--no-mdl", dest="mdl", action="store_false", default=D.mdl,
+                   help="skip the MDL online codelengths (default: computed for every classification label)")
+    p.add_argument(
+        "--mdl-rows",
+        type=lambda v: None if v.lower() in ("none", "all") else int(v),
+        default=D.mdl_rows,
+        help=f"most training rows coded by MDL (a seeded sample); 'all' for every row (default: {D.mdl_rows})",
+    )
+    p.add_argument("--top-neurons", type=int, default=D.top_neurons,
+                   help=f"neurons per layer and label ranked by the linear probe's weights (default: {D.top_neurons})")
+    p.add_argument("--mlp-hidden", type=int, default=D.mlp_hidden,
+                   help=f"hidden units of MLP probes, --method mlp (default: {D.mlp_hidden})")
     p.add_argument("--overwrite", action="store_true", help="replace a report already in --out")
     p.add_argument("--no-write", action="store_true", help="only print the table")
     return p
@@ -85,6 +99,10 @@ def probe_main(argv: list[str]) -> int:
             max_rows=args.max_rows,
             write=not args.no_write,
             overwrite=args.overwrite,
+            mdl=args.mdl,
+            mdl_rows=args.mdl_rows,
+            top_neurons=args.top_neurons,
+            mlp_hidden=args.mlp_hidden,
         )
     except (ProbingError, FileNotFoundError) as exc:
         print(f"probing: error: {exc}", file=sys.stderr)

@@ -31,3 +31,15 @@ def control_labels(types: np.ndarray, y: np.ndarray, n_classes: int, *, seed: in
     rng = np.random.default_rng([seed, zlib.crc32(salt.encode())])
     per_type = rng.choice(n_classes, size=len(uniq), p=p)
     return per_type[inverse.reshape(-1)].astype(np.int64)
+
+
+def control_values(types: np.ndarray, y: np.ndarray, *, seed: int = 0, salt: str = "") -> np.ndarray:
+    """The control task of a real-valued label: every type gets one value drawn from the label's values.
+
+    As for `control_labels`, a probe can only predict these by memorizing types.
+    """
+    keys = np.asarray([str(t) for t in np.asarray(types).tolist()], dtype=object)
+    uniq, inverse = np.unique(keys, return_inverse=True)
+    rng = np.random.default_rng([seed, zlib.crc32(salt.encode())])
+    per_type = rng.choice(np.asarray(y, dtype=np.float64), size=len(uniq), replace=True)
+    return per_type[inverse.reshape(-1)]

@@ -47,17 +47,63 @@ MAX_AUTO_CLASSES = 50
 CONTROL_FIELD_CANDIDATES = ("word", "form", "token", "text")
 
 
+#: a float label field is a regression target, probed with ridge regression (`probing.probes.ridge`)
+REGRESSION = "regression"
+CLASSIFICATION = "classification"
+#: quantile bins of a regression target used to stratify folds and samples
+REGRESSION_STRATA = 5
+
+
 @dataclass(frozen=True)
 class Labels:
-    """A label field coded as integers: ``classes[y[i]]`` is the stored value of row ``i``."""
+    """A label field coded for a probe.
+
+    Classification: ``classes[y[i]]`` is the stored value of row ``i`` (``y[i] == -1``: no value).
+    Regression (``kind == "regression"``, a float field): ``y`` holds the values (NaN: no value) and
+    ``classes`` is empty. ``present`` marks the rows that have a value: a row without one is left out
+    of this label's folds, scores and baselines, and of no other label's.
+    """
 
     field: str
     y: np.ndarray
     classes: list[Any]
+    present: np.ndarray | None = None
+    kind: str = CLASSIFICATION
 
     @property
     def n_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def regression(self) -> bool:
+        return self.kind == REGRESSION
+
+    @property
+    def rows(self) -> np.ndarray:
+        """Indices of the rows with a value."""
+        return np.arange(len(self.y)) if self.present is None else np.flatnonzero(self.present)
+
+    @property
+    def n_missing(self) -> int:
+        return 0 if self.present is None else int(len(self.present) - self.present.sum())
+
+    @property
+    def strata(self) -> np.ndarray:
+        """Integer codes to stratify folds by: the classes, or quantile bins of a regression target
+        (-1 where there is no value)."""
+        if not self.regression:
+            return self.y
+        out = np.full(len(self.y), -1, dtype=np.int64)
+        values = self.y[self.rows]
+        edges: np.ndarray = np.unique(np.quantile(values, np.linspace(0, 1, REGRESSION_STRATA + 1)[1:-1])) if len(
+            values) else np.zeros(0)
+        out[self.rows] = np.searchsorted(edges, values, side="right")
+        return out
+
+    def subset(self, rows: np.ndarray) -> Labels:
+        """These labels at ``rows`` only (a sample of the run's rows)."""
+        present = None if self.present is None else self.present[rows]
+        return Labels(self.field, self.y[rows], self.classes, present, self.kind)
 
 
 @dataclass(frozen=True)
@@ -93,18 +139,26 @@ class Folds:
 
 
 def _plain(values: np.ndarray) -> np.ndarray:
-    """Values as a sortable numpy array: numbers stay numbers, anything else becomes str."""
+    """Values as a sortable numpy array: whole numbers stay numbers, anything else becomes str."""
     arr = np.asarray(values)
     if arr.dtype.kind in "biu":
         return arr.astype(np.int64)
     if arr.dtype.kind == "f":
         if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
             raise ProbingError(
-                "Label values are real numbers, not classes; probes here are classifiers. Store class labels "
-                "(str or int) for the field, or bin the values first."
+                "Values are real numbers, not classes or groups. Store str or int values for the field."
             )
         return arr.astype(np.int64)
     return np.asarray([str(v) for v in arr.tolist()], dtype=object)
+
+
+def is_real_valued(values: np.ndarray) -> bool:
+    """A float field with values that are not all whole numbers: a regression target."""
+    arr = np.asarray(values)
+    if arr.dtype.kind != "f":
+        return False
+    finite = arr[np.isfinite(arr)]
+    return bool(len(finite)) and not np.all(finite == np.round(finite))
 
 
 def field_values(reader: RunReader, field: str, role: str) -> np.ndarray:
@@ -122,23 +176,45 @@ def field_values(reader: RunReader, field: str, role: str) -> np.ndarray:
 
 
 def encode_labels(values: Sequence[Any] | np.ndarray, field: str) -> Labels:
-    """Code the values of a label field as ``0..n_classes-1`` (sorted classes); refuse a single class."""
-    plain = _plain(np.asarray(values))
-    classes, y = np.unique(plain, return_inverse=True)
+    """Code the values of a label field for a probe; rows whose value is None or NaN have no value.
+
+    Str, bool and whole-number values are classes, coded ``0..n_classes-1`` in sorted order (a single
+    class is refused); real numbers are a regression target (``kind == "regression"``).
+    """
+    raw = list(values.tolist()) if isinstance(values, np.ndarray) else list(values)
+    present = np.asarray([not _missing(v) for v in raw], dtype=bool)
+    if not present.any():
+        raise ProbingError(f"Label {field!r} has no value in any of its {len(raw)} rows: there is nothing to probe.")
+    kept = np.asarray([v for v, p in zip(raw, present, strict=True) if p])
+    mask = None if present.all() else present
+    if is_real_valued(kept):
+        y = np.full(len(raw), np.nan)
+        y[present] = kept.astype(np.float64)
+        if np.ptp(kept.astype(np.float64)) == 0:
+            raise ProbingError(f"Label {field!r} has one value in all {len(kept)} rows: there is nothing to probe.")
+        return Labels(field=field, y=y, classes=[], present=mask, kind=REGRESSION)
+    plain = _plain(kept)
+    classes, codes = np.unique(plain, return_inverse=True)
     if len(classes) < 2:
-        only = classes[0] if len(classes) else None
         raise ProbingError(
-            f"Label {field!r} has a single class ({only!r}) in all {len(plain)} rows: there is nothing to probe. "
-            "Drop it from the label fields."
+            f"Label {field!r} has a single class ({classes[0]!r}) in all {len(plain)} rows with a value: there is "
+            "nothing to probe. Drop it from the label fields."
         )
+    y = np.full(len(raw), -1, dtype=np.int64)
+    y[present] = codes.reshape(-1)
     return Labels(
-        field=field, y=y.astype(np.int64).reshape(-1), classes=[c.item() if hasattr(c, "item") else c for c in classes]
+        field=field, y=y, classes=[c.item() if hasattr(c, "item") else c for c in classes], present=mask
     )
 
 
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
 def load_labels(reader: RunReader, field: str) -> Labels:
-    """The integer-coded labels of ``field`` in ``reader``; a field of mixed value types, or with rows
-    without a value, is refused (its classes would be ``'None'``, ``'1'`` and ``1`` side by side)."""
+    """The coded labels of ``field`` in ``reader`` (`encode_labels`). Rows without a value (None, NaN) are left
+    out of this label only; a field of mixed value types is refused (its classes would be ``'1'`` and ``1``
+    side by side)."""
     raw = reader.example_metadata(field) if field in reader.example_fields else None
     column = getattr(reader, "column", None)  # readers of stored runs know how a field is stored
     col = column(field) if column is not None else None
@@ -148,20 +224,20 @@ def load_labels(reader: RunReader, field: str) -> Labels:
             values = [None if m else v for v, m in zip(raw.data.tolist(), mask, strict=True)]
         else:
             values = list(raw.tolist())
-        kinds = sorted({"None" if v is None else type(v).__name__ for v in values})
-        missing = [i for i, v in enumerate(values) if v is None]
-        if len(kinds) > 1 or col.kind == "json":
-            where = f"; rows without a value: {len(missing)} (first ids {missing[:5]})" if missing else ""
+        kinds = sorted({type(v).__name__ for v in values if not _missing(v)})
+        if len(kinds) > 1 or (col.kind == "json" and any(isinstance(v, (list, dict)) for v in values)):
             raise ProbingError(
-                f"Label {field!r} mixes value types ({', '.join(kinds)}){where}: a probe would treat 1, '1' and "
-                "None as different classes. Store one type per label field (e.g. all str), and fill or drop the "
-                "rows without a value."
+                f"Label {field!r} mixes value types ({', '.join(kinds)}): a probe would treat 1 and '1' as "
+                "different classes. Store one type per label field (e.g. all str); rows without a value (None) "
+                "are left out of the label."
             )
+        return encode_labels(values, field)
     return encode_labels(field_values(reader, field, "Label field"), field)
 
 
 def default_label_fields(reader: RunReader, exclude: Sequence[str | None] = ()) -> list[str]:
-    """Fields that look like class labels: 2..`MAX_AUTO_CLASSES` distinct str/int values.
+    """Fields that look like labels: 2..`MAX_AUTO_CLASSES` distinct str/int values (classes), or real numbers
+    (a regression target).
 
     Text, token counts, ids, positions and the split/group/control fields (``exclude``) are skipped.
     """
@@ -171,8 +247,14 @@ def default_label_fields(reader: RunReader, exclude: Sequence[str | None] = ()) 
         if field in skip:
             continue
         values = np.asarray(reader.example_metadata(field))
-        if values.dtype.kind == "f" or values.dtype == object and len(values) and not isinstance(values[0], str):
-            continue  # real numbers or JSON-encoded structures
+        if is_real_valued(values):
+            if np.isfinite(values).sum() > 2:
+                out.append(field)  # a real-valued target: ridge regression
+            continue
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            continue  # whole numbers with gaps: name the field to probe it
+        if values.dtype == object and len(values) and not isinstance(values[0], str):
+            continue  # JSON-encoded structures (or values with gaps)
         n = len(np.unique(_plain(values)))
         if 2 <= n <= MAX_AUTO_CLASSES and n < len(values):
             out.append(field)

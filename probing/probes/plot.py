@@ -1,9 +1,10 @@
-"""PNG plot of probe accuracy by layer: one panel per label field, one line per report (run/strategy) and method.
+"""PNG plot of probe scores by layer: one panel per label field, one line per report (run/strategy) and method.
 
-Each line has its 95% CI as a band, the control task as a dotted line of the same color, and the
-majority-class baseline as a dashed gray line. matplotlib is imported here only, and drawn through
-its Agg canvas without pyplot, so that neither ``import probing`` nor a user's plotting backend is
-affected.
+Each line has its 95% CI as a band, the control task as a dotted line of the same color, the
+baseline (majority class; the mean for R^2) as a dashed gray line, its expected layer (centre of
+gravity of the score gains) as a triangle on the top edge and its best layer as a star. matplotlib
+is imported here only, and drawn through its Agg canvas without pyplot, so that neither ``import
+probing`` nor a user's plotting backend is affected.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def _short_layer(name: str) -> str:
 
 
 #: marker per method, so that lines of several methods stay distinguishable where they overlap
-MARKERS = {"sklearn": "o", "torch": "s"}
+MARKERS = {"sklearn": "o", "torch": "s", "mlp": "^", "ridge": "D"}
 
 
 def _short_model(name: str) -> str:
@@ -50,8 +51,20 @@ def series_names(reports: Sequence[ProbeReport]) -> list[str]:
     return names
 
 
+def _expected_x(rep: ProbeReport, label: str, method: str, xs: np.ndarray, res: list) -> float | None:  # type: ignore[type-arg]
+    """The expected layer of a curve on the plot's x axis: interpolated between the probed layers' places."""
+    entry = next((e for e in rep.summary if e["label"] == label and e["method"] == method), None)
+    if entry is None or entry.get("expected_layer") is None or not math.isfinite(float(entry["expected_layer"])):
+        return None
+    placed = [(r.layer_index, x) for r, x in zip(res, xs, strict=True) if r.layer_index is not None]
+    if len(placed) < 2:
+        return None
+    index, x = zip(*sorted(placed), strict=True)
+    return float(np.interp(float(entry["expected_layer"]), index, x))
+
+
 def default_title(reports: Sequence[ProbeReport]) -> str:
-    """``Probe accuracy by layer: <model>, <strategy> pooling, <n> rows``, keeping only what all reports share."""
+    """``Probe score by layer: <model>, <strategy> pooling, <n> rows``, keeping only what all reports share."""
     parts = []
     models = {_short_model(r.model) for r in reports}
     strategies = {r.strategy for r in reports}
@@ -62,7 +75,7 @@ def default_title(reports: Sequence[ProbeReport]) -> str:
         parts.append(f"{strategies.pop()} pooling")
     if len(rows) == 1:
         parts.append(f"{rows.pop()} rows")
-    return "Probe accuracy by layer" + (": " + ", ".join(parts) if parts else "")
+    return "Probe score by layer" + (": " + ", ".join(parts) if parts else "")
 
 
 def plot_reports(
@@ -104,18 +117,20 @@ def plot_reports(
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False, sharey=False)
     has_control = False
+    has_expected = False
     single = len(longest) == 1  # one point per line: CIs are error bars, the control task a marker
     for k, label in enumerate(labels):
         ax = axes[k // ncols][k % ncols]
         lows: list[float] = []
         majorities: set[float] = set()
+        metrics: set[str] = set()
         for (rep, method, _name), color in zip(series, colors, strict=True):
             rows = {r.layer: r for r in rep.results if r.label == label and r.method == method}
             xs = np.array([i for i, layer in enumerate(rep.layers) if layer in rows])
             if len(xs) == 0:
                 continue
             res = [rows[rep.layers[i]] for i in xs]
-            acc = np.array([r.accuracy for r in res])
+            acc = np.array([r.score for r in res])
             low_ci, high_ci = np.array([r.ci_low for r in res]), np.array([r.ci_high for r in res])
             if single:
                 ax.errorbar(xs, acc, yerr=[acc - low_ci, high_ci - acc], color=color, marker=MARKERS.get(method, "o"),
@@ -123,13 +138,22 @@ def plot_reports(
             else:
                 ax.fill_between(xs, low_ci, high_ci, color=color, alpha=0.2, lw=0)
                 ax.plot(xs, acc, color=color, marker=MARKERS.get(method, "o"), ms=4, lw=1.5)
-            control = np.array([r.control_accuracy for r in res])
+            control = np.array([r.control_score for r in res])
             if np.isfinite(control).any():
                 has_control = True
                 ax.plot(xs, control, color=color, ls=":", lw=1.2, alpha=0.8, marker="x" if single else None, ms=6)
                 lows.extend(control[np.isfinite(control)].tolist())
-            majorities.add(round(res[0].majority, 6))
+            majorities.add(round(res[0].baseline, 6))
             lows.extend([r.ci_low for r in res])
+            metrics.add(res[0].metric)
+            best = int(np.nanargmax(acc)) if np.isfinite(acc).any() else None
+            if best is not None:
+                ax.plot([xs[best]], [acc[best]], color=color, marker="*", ms=11, mec="white", mew=0.6, zorder=5)
+            x_expected = _expected_x(rep, label, method, xs, res)
+            if x_expected is not None:
+                has_expected = True
+                ax.plot([x_expected], [1.0], color=color, marker="v", ms=8, clip_on=False, zorder=5,
+                        transform=ax.get_xaxis_transform())
         for m in sorted(majorities):
             ax.axhline(m, color="0.45", ls="--", lw=1.1)
             lows.append(m)
@@ -138,11 +162,11 @@ def plot_reports(
         ax.set_xticklabels([_short_layer(layer) for layer in longest], fontsize=8)
         ax.set_xlim(-0.3, len(longest) - 0.7)
         low = min([v for v in lows if math.isfinite(v)], default=0.0)
-        ax.set_ylim(max(0.0, low - 0.05), 1.02)
+        ax.set_ylim(max(0.0 if metrics <= {"accuracy"} else -0.2, low - 0.05), 1.02)
         ax.grid(True, alpha=0.3, lw=0.5)
         ax.tick_params(labelsize=8)
-        if k % ncols == 0:
-            ax.set_ylabel("test accuracy", fontsize=9)
+        if k % ncols == 0 or metrics == {"r2"}:
+            ax.set_ylabel("test R$^2$" if metrics == {"r2"} else "test accuracy", fontsize=9)
         if k // ncols == nrows - 1:
             ax.set_xlabel("layer (emb = embeddings)", fontsize=9)
     for k in range(len(labels), nrows * ncols):
@@ -158,7 +182,13 @@ def plot_reports(
     if has_control:
         handles.append(Line2D([], [], color="0.3", ls=":" if not single else "", marker="x" if single else None,
                               lw=1.2, label="control task"))
-    handles.append(Line2D([], [], color="0.45", ls="--", lw=1.1, label="majority baseline"))
+    kinds = {r.metric for rep in reports for r in rep.results}
+    name = {"accuracy": "majority baseline", "r2": "mean baseline"}
+    baseline = " / ".join(name[k] for k in sorted(kinds) if k in name)
+    handles.append(Line2D([], [], color="0.45", ls="--", lw=1.1, label=baseline))
+    handles.append(Line2D([], [], color="0.3", marker="*", ms=9, lw=0, label="best layer"))
+    if has_expected:
+        handles.append(Line2D([], [], color="0.3", marker="v", ms=7, lw=0, label="expected layer"))
     per_row = max(1, int(width * 110 / 150))  # legend entries that fit one row of this width
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), per_row), fontsize=8,
                frameon=False)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from probing.errors import ProbingError
-from probing.probes.results import COLUMNS, ProbeReport
+from probing.probes.results import COLUMNS, ProbeReport, ProbeResult
 
 
 def _clean(value: Any) -> Any:
@@ -91,42 +91,81 @@ def write_report(
     return report.files
 
 
-def _cell(acc: float, low: float, high: float, sel: float) -> str:
-    text = f"{acc:.3f} [{low:.2f},{high:.2f}]"
-    return text + (f" {sel:+.2f}" if math.isfinite(sel) else "")
+def _cell(r: ProbeResult) -> str:
+    text = f"{r.score:.3f} [{r.ci_low:.2f},{r.ci_high:.2f}]"
+    if math.isfinite(r.selectivity):
+        text += f" {r.selectivity:+.2f}"
+    if math.isfinite(r.compression):
+        text += f" {r.compression:.2f}x"
+        if math.isfinite(r.control_compression):
+            text += f"/{r.control_compression:.2f}x"
+    return text
+
+
+def _layer_number(value: float) -> str:
+    return f"{value:.2f}" if math.isfinite(value) else "-"
 
 
 def format_table(report: ProbeReport) -> str:
-    """A short text table: per method, one line per layer, per label field ``acc [CI] selectivity``.
+    """A short text table: per method, one line per layer, per label field ``score [CI] selectivity compression``.
 
-    The last line gives the majority-class baseline of each label field.
+    ``score`` is test accuracy (R^2 for ridge regression), ``selectivity`` the score minus the control
+    task's, ``compression`` the MDL ratio uniform / online codelength. The last lines give the
+    baseline of each label field (majority class, or the mean for R^2), its expected layer (centre of
+    gravity of the score gains, layers counted as ``hidden_states``: embeddings 0) and its best layer.
     """
     lines = [
         f"probes of {report.run_id} ({report.model}, {report.strategy}; {report.n_rows} rows)",
     ]
     for label in report.label_fields:
         lines.append(f"  {label}: {report.schemes.get(label, '')}")
-    has_control = any(math.isfinite(r.selectivity) for r in report.results)
-    legend = "test accuracy [95% CI]" + (" selectivity (accuracy - control task)" if has_control else "")
     width = max(len(layer) for layer in report.layers) if report.layers else 5
-    width = max(width, len("majority"))
+    width = max(width, len("expected layer*"))
+    summary = {(e["label"], e["method"]): e for e in report.summary}
     for method in report.methods:
-        cells = {(r.layer, r.label): r for r in report.results if r.method == method}
-        col = max(max(len(label) for label in report.label_fields), 25 if has_control else 19)
+        results = [r for r in report.results if r.method == method]
+        labels = [label for label in report.label_fields if any(r.label == label for r in results)]
+        if not labels:
+            continue
+        cells = {(r.layer, r.label): r for r in results}
+        has_control = any(math.isfinite(r.selectivity) for r in results)
+        has_mdl = any(math.isfinite(r.compression) for r in results)
+        metric = "R^2" if all(r.metric == "r2" for r in results) else "test accuracy"
+        legend = f"{metric} [95% CI]" + (" selectivity (- control task)" if has_control else "")
+        legend += " MDL compression task/control (uniform / online codelength)" if has_mdl else ""
+        col = max(max(len(label) for label in labels), 19 + 6 * has_control + 12 * has_mdl)
         seconds = report.seconds.get(method)
         timing = f", {seconds:.1f} s" if seconds is not None else ""
         lines.append("")
         lines.append(f"{method}{timing}: {legend}")
-        lines.append(f"{'layer':<{width}}  " + "  ".join(f"{label:<{col}}" for label in report.label_fields))
+        lines.append(f"{'layer':<{width}}  " + "  ".join(f"{label:<{col}}" for label in labels))
         for layer in report.layers:
             row = []
-            for label in report.label_fields:
+            for label in labels:
                 r = cells.get((layer, label))
-                row.append(f"{_cell(r.accuracy, r.ci_low, r.ci_high, r.selectivity) if r else '-':<{col}}")
+                row.append(f"{_cell(r) if r else '-':<{col}}")
             lines.append(f"{layer:<{width}}  " + "  ".join(row))
-        majority = []
-        for label in report.label_fields:
-            r = next((r for r in report.results if r.label == label and r.method == method), None)
-            majority.append(f"{(f'{r.majority:.3f}' if r else '-'):<{col}}")
-        lines.append(f"{'majority':<{width}}  " + "  ".join(majority))
+        name = "mean (R^2)" if metric == "R^2" else "majority"
+        tail: list[tuple[str, list[str]]] = [(name, []), ("expected layer*", []), ("best layer", [])]
+        for label in labels:
+            r = next(r for r in results if r.label == label)
+            tail[0][1].append(f"{r.baseline:.3f}")
+            entry = summary.get((label, method))
+            expected = _layer_number(entry["expected_layer"]) if entry else "-"
+            if entry and math.isfinite(entry.get("gain") or float("nan")):
+                expected += f" (gain {entry['gain']:+.3f})"
+            tail[1][1].append(expected)
+            best = f"{entry['best_layer']} {entry['best_score']:.3f}" if entry else "-"
+            if entry:
+                best += f" [{entry['best_ci_low']:.2f},{entry['best_ci_high']:.2f}]"
+            tail[2][1].append(best)
+        for title, values in tail:
+            lines.append(f"{title:<{width}}  " + "  ".join(f"{v:<{col}}" for v in values))
+    lines.append("")
+    lines.append("* centre of gravity of the gains of the best score so far (Tenney et al. 2019), layers numbered "
+                 "as hidden_states: embeddings 0, blocks.i = i + 1")
+    if report.missing:
+        lines.append("rows without a value, left out: " + ", ".join(f"{k} {v}" for k, v in report.missing.items()))
+    if "mdl" in report.seconds:
+        lines.append(f"MDL codelengths: {report.seconds['mdl']:.1f} s")
     return "\n".join(line.rstrip() for line in lines)

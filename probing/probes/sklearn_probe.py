@@ -113,6 +113,7 @@ def sklearn_fit_predict(
     ctrl_preds = None if control is None else np.empty_like(preds)
     chosen = [0.0] * len(features)
     seconds = [0.0] * len(features)
+    weights: list[np.ndarray] = [np.zeros((1, int(x.shape[1])), dtype=np.float32) for x in features]
 
     def fit_layer(i: int) -> None:
         start = time.perf_counter()
@@ -134,7 +135,10 @@ def sklearn_fit_predict(
             best_c = float(regs[i])
         z_train, z_test = standardize(x, fold.train, (fold.train, fold.test))
         _start_from(final, chosen_fit, y[fold.train])  # the final fit starts from the chosen dev fit
-        preds[i] = _fit(final.set_params(C=best_c), z_train, y[fold.train]).predict(z_test)
+        fitted_final = _fit(final.set_params(C=best_c), z_train, y[fold.train])
+        preds[i] = fitted_final.predict(z_test)
+        if hasattr(fitted_final, "coef_"):
+            weights[i] = np.asarray(fitted_final.coef_, dtype=np.float32)
         if control is not None and ctrl_preds is not None:
             model = LogisticRegression(C=best_c, max_iter=max_iter, tol=tol)
             ctrl_preds[i] = _fit(model, z_train, control[fold.train]).predict(z_test)
@@ -150,4 +154,4 @@ def sklearn_fit_predict(
         else:
             for i in range(len(features)):
                 fit_layer(i)
-    return ProbeFit(predictions=preds, regs=chosen, seconds=seconds, control=ctrl_preds)
+    return ProbeFit(predictions=preds, regs=chosen, seconds=seconds, control=ctrl_preds, weights=weights)

@@ -164,6 +164,17 @@ def _train(
     return w.contiguous(), b.contiguous()
 
 
+def log_likelihood(x: Any, y: Any, w: Any, b: Any) -> Any:
+    """Natural-log probability of labels ``y [n]`` under the probes ``w, b`` of features ``[L, n, d]``: ``[L, n]``."""
+    import torch
+
+    z = torch.baddbmm(b[:, None, :], x, w.transpose(1, 2))
+    if z.shape[2] == 1:  # one logit: log sigmoid(z) for class 1, log sigmoid(-z) for class 0
+        sign = y.to(z.dtype) * 2 - 1
+        return torch.nn.functional.logsigmoid(z[..., 0] * sign)
+    return torch.log_softmax(z, dim=2).gather(2, y[None, :, None].expand(z.shape[0], -1, 1))[..., 0]
+
+
 def _predict(x: Any, w: Any, b: Any) -> Any:
     """Predicted codes ``[L, n]`` of features ``[L, n, d]``."""
     import torch
@@ -199,6 +210,7 @@ def torch_fit_predict(
     ctrl_preds = None if control is None else np.empty_like(preds)
     chosen = [0.0] * len(features)
     seconds = [0.0] * len(features)
+    weights: list[np.ndarray] = [np.zeros((n_out, int(x.shape[1])), dtype=np.float32) for x in features]
     rows = max(len(fold.fit) + len(fold.dev), len(fold.train) + len(fold.test))
     size = rows * sum(int(x.shape[1]) for x in features)
     with _threads(dev, size):
@@ -210,23 +222,26 @@ def torch_fit_predict(
                 best, init = [float(regs[i]) for i in layers], None
             x_train, x_test = _stack(features, layers, fold.train, (fold.train, fold.test), dev)
             lam = torch.tensor([1.0 / (c * len(fold.train)) for c in best], device=dev)
-            preds[layers] = _fit_predict(x_train, x_test, y[fold.train], n_out, lam, max_iter, init)
+            preds[layers], w = _fit_predict(x_train, x_test, y[fold.train], n_out, lam, max_iter, init)
+            for j, i in enumerate(layers):
+                weights[i] = w[j]
             if control is not None and ctrl_preds is not None:  # the control task: same features, same C
-                ctrl_preds[layers] = _fit_predict(x_train, x_test, control[fold.train], n_out, lam, max_iter, None)
+                ctrl_preds[layers] = _fit_predict(x_train, x_test, control[fold.train], n_out, lam, max_iter, None)[0]
             elapsed = (time.perf_counter() - start) / len(layers)
             for j, i in enumerate(layers):
                 chosen[i], seconds[i] = best[j], elapsed
-    return ProbeFit(predictions=preds, regs=chosen, seconds=seconds, control=ctrl_preds)
+    return ProbeFit(predictions=preds, regs=chosen, seconds=seconds, control=ctrl_preds, weights=weights)
 
 
 def _fit_predict(
     x_train: Any, x_test: Any, y_train: np.ndarray, n_out: int, lam: Any, max_iter: int, init: tuple[Any, Any] | None
-) -> np.ndarray:
-    """Predicted codes ``[L, n_test]`` of probes fit on stacked training features (`_train`)."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted codes ``[L, n_test]`` of probes fit on stacked training features (`_train`), and their
+    weights ``[L, n_out, d]``."""
     import torch
 
     w, b = _train(x_train, torch.from_numpy(y_train).to(x_train.device), n_out, lam, max_iter, init)
-    return _predict(x_test, w, b).cpu().numpy()
+    return _predict(x_test, w, b).cpu().numpy(), w.cpu().numpy()
 
 
 def _search(
