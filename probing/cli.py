@@ -28,6 +28,7 @@ commands:
                     python -m probing info runs/<run id> --verify
   layers MODEL    a model's hook points: block indices, the embeddings, module names (no weights loaded)
                     python -m probing layers openai-community/gpt2
+  runs [FOLDER]   the runs of a folder (default runs/) with their identity and what they hold
 
 extraction options are Hydra overrides (key=value); config groups are chosen with
   +model=<{models}>  +strategy=<{strategies}>
@@ -227,7 +228,7 @@ def run_job(cfg: Any, overrides: list[str] | None = None) -> Any:
     )
     d = job.data
 
-    def make_runner(backend: Any, name: str | None) -> Any:
+    def make_runner(backend: Any, name: str | None, reuse: bool) -> Any:
         extractor = ActivationExtractor(backend, layers=config["layers"], strategy=strategy, early_stop=job.early_stop)
         return DatasetRunner(
             dataset,
@@ -251,11 +252,17 @@ def run_job(cfg: Any, overrides: list[str] | None = None) -> Any:
             on_nonfinite=job.on_nonfinite,
             allow_empty=d.allow_empty,
             lease_timeout=job.lease_timeout_s,
+            reuse=reuse,
         )
 
-    runner = make_runner(model, run_id)
+    # reuse=auto: on when the user gave no run_id (a sweep's job<N> is not the user's)
+    reuse = (job.run_id is None) if job.reuse == "auto" else bool(job.reuse)
+    runner = make_runner(model, run_id, reuse)
     result = runner.run()
-    if result.global_rank == 0:
+    if result.global_rank == 0 and result.stats.get("reused"):
+        print(f"probing: served from {result.stats['source']} ({result.stats['reused']}), the model was not run\n"
+              f"run: {result.path}")
+    elif result.global_rank == 0:
         s = result.stats
         print(
             f"probing: stored {result.n_examples} examples x {len(result.layers)} layers "
@@ -269,13 +276,16 @@ def run_job(cfg: Any, overrides: list[str] | None = None) -> Any:
         probe_cfg["label_fields"] = job.data.label_fields(strategy.mode == "words")
     report = None
     if result.global_rank == 0 and job.probe_after_extract is not False:
+        if result.stats.get("reused") == "layers" and not probe_cfg.get("layers"):
+            probe_cfg["layers"] = list(result.layers)  # the stored run has more layers than were asked for
         report = _probe_after(result.path, probe_cfg, explicit=job.probe_after_extract is True or baseline is not None)
     if baseline == "random":
         from probing.baseline_model import SEED, random_weights
 
         print(f"probing: the random-weights baseline: {job.model.name_or_path}'s architecture, initialised from its "
               f"config with seed {SEED}, extracted and probed the same way")
-        random_result = make_runner(random_weights(model, SEED), f"{result.run_id}-random").run()
+        # with reuse, a rerun finds its stored random-weights run by identity (its weights' fingerprint)
+        random_result = make_runner(random_weights(model, SEED), f"{result.run_id}-random", reuse).run()
         if random_result.global_rank == 0 and report is not None:
             random_report = _probe_after(random_result.path, probe_cfg, explicit=True)
             _plot_against_random(report, random_report)
@@ -367,6 +377,7 @@ SUBCOMMANDS = {
     "probe": ("probing.probes.cli", "probe_main"),
     "info": ("probing.inspect", "info_main"),
     "layers": ("probing.hooks", "layers_main"),
+    "runs": ("probing.runs", "runs_main"),
 }
 
 

@@ -437,6 +437,9 @@ class Config:
     output_dir: str = "runs"  # runs go to <output_dir>/<run_id>
     run_id: str | None = None  # default: run-<date>-<time>-<random>, or slurm-<job id> under SLURM
     resume: bool = False  # continue an interrupted run with the same settings
+    #: serve the request from a completed run of the output folder with the same identity (or a layer
+    #: subset / pooled strategy of one): auto = when run_id is not given; true; false (always compute)
+    reuse: Any = "auto"
     #: auto: a progress bar on a terminal, a log line every progress_every seconds otherwise; true; false
     progress: Any = "auto"
     progress_every: float = 30.0
@@ -452,6 +455,7 @@ class Config:
         _one_of("on_nonfinite", self.on_nonfinite, ("error", "warn", "ignore"))
         _at_least("lease_timeout_s", self.lease_timeout_s, 1.0)
         _one_of("probe_after_extract", self.probe_after_extract, ("auto", True, False))
+        _one_of("reuse", self.reuse, ("auto", True, False))
         _at_least("progress_every", self.progress_every, 0.1)
 
 

@@ -126,9 +126,10 @@ def test_two_runs_in_one_process_get_two_run_ids(tmp_path, tiny_models, sentence
     """The README's quick start, twice in one Python process, into one folder."""
     model = ModelBackend().load_model(tiny_models["bert"])
     first = run(tmp_path, model, sentences)
-    second = run(tmp_path, model, sentences)
+    second = run(tmp_path, model, sentences, reuse=False)  # by default the same request is served by the first
     assert first.run_id != second.run_id and first.path != second.path
     assert open_run(first.path).completed and open_run(second.path).completed
+    assert run(tmp_path, model, sentences).path == first.path  # reuse=auto: no run_id, the stored run
 
 
 def test_a_stream_gives_the_same_run_as_the_dataset(tmp_path, tiny_models, sentences):

@@ -113,6 +113,11 @@ class DatasetRunner:
         allow_empty: a dataset with no examples is an error unless this is set (then: an empty run).
         lease_timeout: seconds without a heartbeat after which another job may take over the run
             (default 120; `probing.storage.lease`).
+        reuse: serve the request from a completed run under the storage root instead of running the
+            model (`probing.storage.identity`): one with the same identity is returned as it is; one with
+            the same model and data serves a subset of its layers (returned as it is, `RunResult.layers`
+            the subset) or, if it kept every token, a pooled strategy (written as a new run). ``auto``
+            (default): on when no ``run_id`` is given, off when one is (a named run is what was asked for).
     """
 
     def __init__(
@@ -139,6 +144,7 @@ class DatasetRunner:
         on_nonfinite: str = "error",
         allow_empty: bool = False,
         lease_timeout: float | None = None,
+        reuse: bool | str = "auto",
     ) -> None:
         if extractor is None or storage is None:
             raise ConfigError("DatasetRunner needs an extractor and a storage.")
@@ -186,6 +192,9 @@ class DatasetRunner:
         self.batch_size = batch_size
         self.extractor = extractor
         self.storage = storage
+        if reuse not in ("auto", True, False):
+            raise ConfigError(f"reuse={reuse!r}: expected 'auto', True or False.")
+        self.reuse = run_id is None if reuse == "auto" else bool(reuse)
         self.run_id = run_id or new_run_id()  # rank 0's is used on every rank
         tokenizer = extractor.backend.tokenizer
         self.max_length = effective_max_length(tokenizer, extractor.model.config, max_length)
@@ -241,6 +250,7 @@ class DatasetRunner:
                 "is_decoder": backend.is_decoder,
                 "padding_side": getattr(backend.tokenizer, "padding_side", None),
                 "weights": backend.extra.get("weights", "pretrained"),
+                **self._fingerprints(),
             },
             **self.extractor.describe(),
             "hidden_size": getattr(backend.model.config, "hidden_size", None),
@@ -268,6 +278,48 @@ class DatasetRunner:
             "overrides": self.overrides,
             "created": utc_now(),
         }
+
+    def _fingerprints(self) -> dict[str, str]:
+        """The weights' and the tokenizer's fingerprints (`probing.storage.identity`), computed once."""
+        if not hasattr(self, "_fingerprint_cache"):
+            from probing.storage.identity import tokenizer_fingerprint, weights_fingerprint
+
+            backend = self.extractor.backend
+            self._fingerprint_cache = {
+                "weights_fingerprint": weights_fingerprint(backend.model),
+                "tokenizer_fingerprint": tokenizer_fingerprint(backend.tokenizer),
+            }
+        return self._fingerprint_cache
+
+    def _reused(self) -> RunResult | None:
+        """With ``reuse``, a result served by a stored run (no model pass), or None (`find_reuse`)."""
+        if not self.reuse or isinstance(self.dataset, TextStream):
+            return None
+        from probing.storage.base import is_url
+        from probing.storage.identity import find_reuse, run_identity
+
+        if is_url(self.storage.root):
+            return None
+        meta = {**self.metadata(), "storage": self.storage.describe()}
+        found = find_reuse(self.storage.root, meta, partial=_world_size(self.trainer_kwargs) == 1)
+        if found is None:
+            return None
+        src = found.run
+        info = {"reused": found.kind, "source": src.path, "source_identity": src.identity}
+        layers = list(meta["layers"])
+        if found.kind in ("whole", "layers"):
+            log.info("reusing run %s (%s) for identity %s", src.path, found.kind, run_identity(meta))
+            n = int(src.meta.get("dataset", {}).get("n_examples") or 0)
+            stats = {**dict(src.meta.get("stats", {}).get("total", {})), **info}
+            return RunResult(str(src.meta.get("run_id")), src.path, n, layers, stats, _global_rank())
+        from probing.storage.derive import pool_from_tokens
+
+        meta["derived_from"] = info
+        with open_run(src.path) as reader:
+            path = pool_from_tokens(reader, self.storage, self.run_id, meta, layers, meta["strategy"]["name"])
+            n = reader.n_examples
+        log.info("pooled run %s from token-level run %s without the model", path, src.path)
+        return RunResult(self.run_id, path, n, layers, info, _global_rank())
 
     def describe(self) -> dict[str, str]:
         """What the run is, in words, for the block printed before it starts."""
@@ -370,7 +422,7 @@ class DatasetRunner:
         Raises `Preempted` if SIGTERM/SIGUSR1/SIGUSR2 arrived: what was computed is stored, and the
         same call with ``resume=True`` finishes the run.
         """
-        done = self._already_complete()
+        done = self._already_complete() or self._reused()
         if done is not None:
             return done
         self.preemption.install()

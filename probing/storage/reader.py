@@ -344,6 +344,31 @@ class RunReader:
 
         return RunDataset(self, [self.layer_key(x) for x in (layers or self.layers)])
 
+    def loader(
+        self,
+        layer: int | str,
+        batch_size: int,
+        shuffle: bool = True,
+        *,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        buffer_chunks: int = 32,
+        **kwargs: Any,
+    ) -> Any:
+        """Batches of one layer's rows (token-level or pooled) for training: a torch ``IterableDataset``
+        that reads whole chunks in a random order into a bounded shuffle buffer, splits them between DDP
+        ranks and DataLoader workers without overlap, and is deterministic for a seed (`set_epoch` for the
+        next permutation). See `probing.storage.loader.RunLoader` for memory and shuffle quality."""
+        from probing.storage.loader import RunLoader
+
+        if self.partial:
+            raise RunIncompleteError(
+                f"The loader reads completed runs; {self.path} is not. Finish it with resume=true first."
+            )
+        return RunLoader(self.path, layer, batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
+                         buffer_chunks=buffer_chunks, **kwargs)
+
     def to_xarray(self, layers: Sequence[int | str] | None = None) -> Any:
         """An ``xarray.DataArray`` (loaded in memory) with dims layer x example (or row) x hidden.
 

@@ -1,0 +1,227 @@
+"""`RunLoader`: shuffled batches of one layer's rows, read whole chunks at a time, for training (SAEs, probes).
+
+Why chunks: a random row costs a whole chunk read (a chunk is the unit zarr/HDF5 decode and checksum),
+so reading single rows at random reads each byte many times over. The loader instead reads *whole
+chunks in a random order* and shuffles rows inside a bounded buffer:
+
+1. The layer's rows are cut into read units: the array's write unit (a chunk, or a shard), about 2 MiB
+   by default (`probing.storage.layout.CHUNK_BYTES`).
+2. Each epoch, the units are permuted with ``seed`` and ``epoch`` (identical in every process), and
+   consumer ``c`` of ``C = world_size x num_workers`` (DDP rank, then DataLoader worker) takes
+   ``perm[c::C]``: every row goes to exactly one consumer, none twice.
+3. A consumer reads ``buffer_chunks`` units into its buffer, permutes the rows it holds, and yields
+   every whole batch; the fewer than ``batch_size`` rows left over stay in the buffer for the next
+   window (the last batch of an epoch may be short, or dropped with ``drop_last``).
+
+Memory, per consumer: the buffer, ``buffer_chunks x unit_rows + batch_size`` rows of the stored dtype,
+plus one batch in the output dtype (float32 by default) and ``read_ahead`` units being read by
+background threads (default 8). With the defaults (32 + 8 units of at most 2 MiB) that is at most
+about 90 MiB per consumer (a DataLoader worker is one); `RunLoader.buffer_bytes` gives the buffer.
+
+Shuffle quality: each batch is a uniform sample without replacement of the rows in the buffer, so it
+draws on ``K = buffer_chunks`` units; with ``n`` rows per unit and batch size ``B``, the expected
+number of distinct source units in a batch is ``K * (1 - C(K n - n, B) / C(K n, B))`` (close to
+``K * (1 - (1 - 1/K)^B)``), which `expected_distinct_chunks` computes and the tests check. Rows of
+units in different windows never meet in one batch: raise ``buffer_chunks`` for a wider mix.
+Without ``shuffle``, each consumer takes a contiguous run of units and yields rows in stored order.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from probing.errors import ConfigError
+from probing.storage.layout import layer_path
+
+
+def expected_distinct_chunks(buffer_chunks: int, unit_rows: int, batch_size: int) -> float:
+    """Expected distinct source units in a batch drawn without replacement from ``buffer_chunks`` full units
+    of ``unit_rows`` rows each (the hypergeometric chance that a unit contributes no row, complemented)."""
+    total = buffer_chunks * unit_rows
+    if batch_size > total:
+        return float(buffer_chunks)
+    # C(total - n, B) / C(total, B) as a product, stable for large numbers
+    log_p = sum(math.log1p(-unit_rows / (total - i)) for i in range(batch_size)) if total > unit_rows else -math.inf
+    return buffer_chunks * (1.0 - math.exp(log_p))
+
+
+def _distributed() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class RunLoader(IterableDataset[Any]):
+    """Batches ``[batch_size, *row_shape]`` of one layer of a completed run (see the module docstring).
+
+    Iterate it directly, or hand it to ``torch.utils.data.DataLoader(loader, batch_size=None,
+    num_workers=w)`` (or `RunLoader.dataloader`): it yields whole batches and splits the units between
+    workers itself. Each process opens its own reader of the run (nothing open is pickled).
+
+    Args:
+        path: the run's folder (or URL).
+        layer: a layer selector (`RunReader.layer_key`).
+        batch_size: rows per batch.
+        shuffle: units in a random order and rows shuffled in the buffer; False: stored order.
+        seed: the shuffle's seed; the same seed, epoch, world size and worker count give the same batches.
+        rank, world_size: this process's DDP rank and the number of ranks (default: torch.distributed's,
+            else 0 and 1).
+        buffer_chunks: read units held and mixed at once (memory: see the module docstring).
+        drop_last: drop each consumer's last, short batch.
+        dtype: output dtype (``torch.float32`` by default; None keeps the stored dtype).
+        return_index: yield ``(rows, row_index)`` with each row's position in the layer (int64): the
+            key to per-row metadata (``reader.row_metadata``) and to labels.
+        read_ahead: units read at once by background threads, ahead of the one being used (the disk
+            keeps busy while the buffer is mixed; that many units more in memory).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        layer: int | str,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        buffer_chunks: int = 32,
+        drop_last: bool = False,
+        dtype: torch.dtype | None = torch.float32,
+        return_index: bool = False,
+        read_ahead: int = 8,
+    ) -> None:
+        from probing.storage.base import open_run
+
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
+        if buffer_chunks < 1:
+            raise ConfigError(f"buffer_chunks must be >= 1, got {buffer_chunks}.")
+        d_rank, d_world = _distributed()
+        self.rank = d_rank if rank is None else int(rank)
+        self.world_size = d_world if world_size is None else int(world_size)
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
+            raise ConfigError(f"rank {self.rank} of world_size {self.world_size}: expected 0 <= rank < world_size.")
+        self.path = path
+        with open_run(path) as reader:  # a partial run is refused here, with what to do
+            self.key = reader.layer_key(layer)
+            array = layer_path(self.key)
+            shape = reader.store.shape(array)
+            self.unit_rows = max(1, int(reader.store.write_rows(array)))
+            self.row_shape = tuple(int(s) for s in shape[1:])
+            self.stored_dtype = np.dtype(reader.store.read(array, 0, 0).dtype)
+        self.total_rows = int(shape[0])
+        self.n_units = -(-self.total_rows // self.unit_rows)
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.epoch = 0
+        self.buffer_chunks = int(buffer_chunks)
+        self.drop_last = drop_last
+        self.dtype = dtype
+        self.return_index = return_index
+        self.read_ahead = max(1, int(read_ahead))
+
+    # -- the plan ----------------------------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        """Use the permutation of epoch ``epoch`` (as ``DistributedSampler.set_epoch``; call before iterating)."""
+        self.epoch = int(epoch)
+
+    @property
+    def buffer_bytes(self) -> int:
+        """Bytes of one consumer's shuffle buffer."""
+        return (self.buffer_chunks * self.unit_rows + self.batch_size) * int(np.prod(self.row_shape)) * \
+            self.stored_dtype.itemsize
+
+    def units_of(self, consumer: int, consumers: int) -> np.ndarray:
+        """The unit indices consumer ``consumer`` of ``consumers`` reads this epoch, in reading order."""
+        if self.shuffle:
+            perm = np.random.default_rng([self.seed, self.epoch]).permutation(self.n_units)
+            return perm[consumer::consumers]
+        lo = self.n_units * consumer // consumers
+        hi = self.n_units * (consumer + 1) // consumers
+        return np.arange(lo, hi)
+
+    def _consumer(self) -> tuple[int, int]:
+        info = get_worker_info()
+        workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
+        return self.rank * workers + worker, self.world_size * workers
+
+    # -- reading -----------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[Any]:
+        from probing.storage.base import open_run
+
+        consumer, consumers = self._consumer()
+        units = self.units_of(consumer, consumers)
+        rng = np.random.default_rng([self.seed, self.epoch, consumer, 1])
+        width = self.buffer_chunks * self.unit_rows + self.batch_size
+        pool = np.empty((width, *self.row_shape), dtype=self.stored_dtype)
+        index = np.empty(width, dtype=np.int64)
+        fill = 0
+        array = layer_path(self.key)
+        B = self.batch_size
+        with open_run(self.path) as reader, ThreadPoolExecutor(max(1, self.read_ahead)) as pool_io:
+            reader._read(array, 0, 0)  # the array's chunk listing, once, before the reads run in threads
+            chunks = self._read_ahead(reader, array, units, pool_io)
+            for _ in range(0, len(units), self.buffer_chunks):
+                for a, b, data in itertools.islice(chunks, self.buffer_chunks):
+                    pool[fill : fill + b - a] = data
+                    index[fill : fill + b - a] = np.arange(a, b)
+                    fill += b - a
+                order = rng.permutation(fill) if self.shuffle else np.arange(fill)
+                whole = fill // B
+                for i in range(whole):
+                    pick = order[i * B : (i + 1) * B]
+                    yield self._batch(pool[pick], index[pick])
+                rest = order[whole * B :]
+                pool[: len(rest)] = pool[rest]
+                index[: len(rest)] = index[rest]
+                fill = len(rest)
+        if fill and not self.drop_last:
+            yield self._batch(pool[:fill].copy(), index[:fill].copy())
+
+    def _read_ahead(self, reader: Any, array: str, units: np.ndarray,
+                    pool: ThreadPoolExecutor) -> Iterator[tuple[int, int, np.ndarray]]:
+        """The units' rows in order, ``read_ahead`` reads in flight (the disk works while rows are mixed)."""
+        spans = [(int(u) * self.unit_rows, min(self.total_rows, (int(u) + 1) * self.unit_rows)) for u in units]
+        flight: deque[Any] = deque()
+        for i in range(len(spans) + self.read_ahead):
+            if i < len(spans):
+                a, b = spans[i]
+                flight.append((a, b, pool.submit(reader._read, array, a, b)))
+            if len(flight) > self.read_ahead or (i >= len(spans) and flight):
+                a, b, fut = flight.popleft()
+                yield a, b, fut.result()
+
+    def _batch(self, rows: np.ndarray, index: np.ndarray) -> Any:
+        wanted = None if self.dtype is None else torch.empty(0, dtype=self.dtype).numpy().dtype
+        if wanted is not None and rows.dtype != wanted:
+            rows = rows.astype(wanted)  # in numpy: every batch is a numpy-backed tensor, whatever the dtypes
+        t = torch.from_numpy(rows)
+        return (t, torch.from_numpy(index)) if self.return_index else t
+
+    def __len__(self) -> int:
+        """Batches this rank yields in total over its workers when run without DataLoader workers (an
+        estimate with workers: each worker's last batch may be short)."""
+        units = self.units_of(self.rank, self.world_size)
+        rows = sum(min(self.total_rows, (int(u) + 1) * self.unit_rows) - int(u) * self.unit_rows for u in units)
+        return rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
+
+    def dataloader(self, num_workers: int = 0, **kwargs: Any) -> DataLoader[Any]:
+        """A ``DataLoader`` over this loader's batches (``batch_size=None``: batches are made here)."""
+        return DataLoader(self, batch_size=None, num_workers=num_workers,
+                          persistent_workers=False, **kwargs)
+
+    def __repr__(self) -> str:
+        return (f"RunLoader({self.path!r}, layer={self.key!r}, batch_size={self.batch_size}, shuffle={self.shuffle}, "
+                f"units={self.n_units}x{self.unit_rows} rows, rank={self.rank}/{self.world_size}, "
+                f"buffer={self.buffer_bytes / 2**20:.1f} MiB)")
