@@ -191,6 +191,10 @@ def test_top_neurons_find_the_planted_ones(method):
     top = report.neurons["label"][method]["blocks.0"]
     assert len(top) == 4 and {int(top[0][0]), int(top[1][0])} == {3, 7}
     assert top[0][1] >= top[1][1] >= top[2][1] and top[0][1] + top[1][1] > 0.5
+    from probing.probes.report import format_table
+
+    text = format_table(report)
+    assert "top neurons" in text and ("3, 7" in text or "7, 3" in text)
 
 
 # --- MLP probes --------------------------------------------------------------------------------------

@@ -112,7 +112,8 @@ def format_table(report: ProbeReport) -> str:
     ``score`` is test accuracy (R^2 for ridge regression), ``selectivity`` the score minus the control
     task's, ``compression`` the MDL ratio uniform / online codelength. The last lines give the
     baseline of each label field (majority class, or the mean for R^2), its expected layer (centre of
-    gravity of the score gains, layers counted as ``hidden_states``: embeddings 0) and its best layer.
+    gravity of the score gains, layers counted as ``hidden_states``: embeddings 0), its best layer, and
+    the first neurons of the best layer's linear probe by weight mass (all of them in the JSON).
     """
     lines = [
         f"probes of {report.run_id} ({report.model}, {report.strategy}; {report.n_rows} rows)",
@@ -159,6 +160,13 @@ def format_table(report: ProbeReport) -> str:
             if entry:
                 best += f" [{entry['best_ci_low']:.2f},{entry['best_ci_high']:.2f}]"
             tail[2][1].append(best)
+        neurons = report.neurons
+        if any(method in neurons.get(label, {}) for label in labels):
+            tail.append(("top neurons", []))
+            for label in labels:
+                entry = summary.get((label, method))
+                top = neurons.get(label, {}).get(method, {}).get(entry["best_layer"] if entry else "", [])
+                tail[-1][1].append(", ".join(str(int(j)) for j, _ in top[:4]) + (" (best layer)" if top else "-"))
         for title, values in tail:
             lines.append(f"{title:<{width}}  " + "  ".join(f"{v:<{col}}" for v in values))
     lines.append("")
