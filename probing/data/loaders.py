@@ -41,26 +41,26 @@ def files_fingerprint(paths: Sequence[str | os.PathLike[str]], *extra: Any) -> s
     return h.hexdigest()[:16]
 
 
-def read_conllu(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """Sentences of a CoNLL-U file as dicts: ``words`` plus one list per column (``upos``, ``xpos``,
-    ``lemma``, ``deprel``, ``head``), and ``sent_id`` / ``text`` from the comments.
+def conllu_blocks(path: str | os.PathLike[str]) -> Iterator[tuple[dict[str, str], list[tuple[int, list[str]]]]]:
+    """The sentences of a CoNLL-U file, as they are written: per sentence its comments (``sent_id``,
+    ``text``, ...) and its word lines as ``(line number, the 10 columns)``.
 
     Multiword-token lines (``1-2``) and empty nodes (``1.1``) are skipped: words are the syntactic
-    words that carry the tags.
+    words that carry the tags. A word line without 10 tab-separated columns is an error naming the line.
     """
-    sent: dict[str, Any] = {}
-    rows: list[list[str]] = []
+    comments: dict[str, str] = {}
+    rows: list[tuple[int, list[str]]] = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             line = line.rstrip("\n")
             if not line:
                 if rows:
-                    yield _sentence(sent, rows)
-                sent, rows = {}, []
+                    yield comments, rows
+                comments, rows = {}, []
             elif line.startswith("#"):
                 key, _, value = line[1:].partition("=")
                 if value:
-                    sent[key.strip()] = value.strip()
+                    comments[key.strip()] = value.strip()
             else:
                 cols = line.split("\t")
                 if len(cols) != 10:
@@ -69,9 +69,16 @@ def read_conllu(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
                     )
                 if "-" in cols[0] or "." in cols[0]:
                     continue
-                rows.append(cols)
+                rows.append((lineno, cols))
     if rows:
-        yield _sentence(sent, rows)
+        yield comments, rows
+
+
+def read_conllu(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """Sentences of a CoNLL-U file as dicts: ``words`` plus one list per column (``upos``, ``xpos``,
+    ``lemma``, ``deprel``, ``head``), and ``sent_id`` / ``text`` from the comments (`conllu_blocks`)."""
+    for comments, rows in conllu_blocks(path):
+        yield _sentence(comments, [cols for _, cols in rows])
 
 
 def _sentence(comments: dict[str, Any], rows: list[list[str]]) -> dict[str, Any]:

@@ -66,6 +66,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from probing.data.loaders import conllu_blocks
 from probing.errors import DatasetError
 
 #: the packaged folder (data, LICENSE.txt, README.md) and the data file in it
@@ -110,32 +111,13 @@ def read_treebank(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     (``form``, ``upos``, ``feats`` (a dict), ``head`` (0 for the root, else a 1-based word index),
     ``deprel``). Multiword-token lines and empty nodes are skipped, as `probing.data.loaders.read_conllu`
     does, so word ``i`` has id ``i + 1`` and heads index the list directly."""
-    comments: dict[str, str] = {}
-    tokens: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if not line:
-                if tokens:
-                    yield _sentence(comments, tokens, path)
-                comments, tokens = {}, []
-            elif line.startswith("#"):
-                key, _, value = line[1:].partition("=")
-                if value:
-                    comments[key.strip()] = value.strip()
-            else:
-                cols = line.split("\t")
-                if len(cols) != 10:
-                    raise DatasetError(
-                        f"{path}:{lineno}: a CoNLL-U word line has 10 tab-separated columns, this one {len(cols)}."
-                    )
-                if "-" in cols[0] or "." in cols[0]:
-                    continue
-                if cols[0] != str(len(tokens) + 1) or not cols[6].isdigit():
-                    raise DatasetError(f"{path}:{lineno}: word id {cols[0]!r} or head {cols[6]!r} out of sequence.")
-                tokens.append({"form": cols[1], "upos": cols[3], "feats": parse_feats(cols[5]),
-                               "head": int(cols[6]), "deprel": cols[7]})
-    if tokens:
+    for comments, rows in conllu_blocks(path):
+        tokens: list[dict[str, Any]] = []
+        for lineno, cols in rows:
+            if cols[0] != str(len(tokens) + 1) or not cols[6].isdigit():
+                raise DatasetError(f"{path}:{lineno}: word id {cols[0]!r} or head {cols[6]!r} out of sequence.")
+            tokens.append({"form": cols[1], "upos": cols[3], "feats": parse_feats(cols[5]),
+                           "head": int(cols[6]), "deprel": cols[7]})
         yield _sentence(comments, tokens, path)
 
 
