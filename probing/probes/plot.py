@@ -52,10 +52,14 @@ def series_names(reports: Sequence[ProbeReport]) -> list[str]:
 
 
 def _expected_x(rep: ProbeReport, label: str, method: str, xs: np.ndarray, res: list) -> float | None:  # type: ignore[type-arg]
-    """The expected layer of a curve on the plot's x axis: interpolated between the probed layers' places."""
+    """The expected layer of a curve on the plot's x axis, interpolated between the probed layers' places;
+    None when its total gain is within half the best layer's CI (a flat curve has no centre of gravity)."""
     entry = next((e for e in rep.summary if e["label"] == label and e["method"] == method), None)
     if entry is None or entry.get("expected_layer") is None or not math.isfinite(float(entry["expected_layer"])):
         return None
+    gain, low, high = (entry.get(k) for k in ("gain", "best_ci_low", "best_ci_high"))
+    if None not in (gain, low, high) and float(gain) <= (float(high) - float(low)) / 2:
+        return None  # the curve gains less than its own uncertainty: there is no place to mark
     placed = [(r.layer_index, x) for r, x in zip(res, xs, strict=True) if r.layer_index is not None]
     if len(placed) < 2:
         return None
