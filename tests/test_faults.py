@@ -431,5 +431,6 @@ def test_mixed_type_labels_are_refused_for_probing_with_the_types(tmp_path, tiny
     extractor = ActivationExtractor(model, layers=[0], strategy=MeanStrategy())
     data = [{"text": f"the cat {i}", "label": [1, "1", None, True][i % 4]} for i in range(40)]
     result = DatasetRunner(data, 8, extractor, ZarrStorage(str(tmp_path)), progress=False, announce=False).run()
-    with pytest.raises(ProbingError, match=r"mixes value types \(None, bool, int, str\); rows without a value: 10"):
+    expected = r"mixes value types \(bool, int, str\).*rows without a value \(None\) are left out"
+    with pytest.raises(ProbingError, match=expected):
         probe_run(result.path, label_fields=["label"])
