@@ -57,8 +57,9 @@ def _expected_x(rep: ProbeReport, label: str, method: str, xs: np.ndarray, res: 
     entry = next((e for e in rep.summary if e["label"] == label and e["method"] == method), None)
     if entry is None or entry.get("expected_layer") is None or not math.isfinite(float(entry["expected_layer"])):
         return None
-    gain, low, high = (entry.get(k) for k in ("gain", "best_ci_low", "best_ci_high"))
-    if None not in (gain, low, high) and float(gain) <= (float(high) - float(low)) / 2:
+    gain, low, high = (float(v) if v is not None else math.nan for v in (entry.get(k) for k in
+                                                                           ("gain", "best_ci_low", "best_ci_high")))
+    if gain <= (high - low) / 2:  # False when any is NaN (a report written before gains were stored)
         return None  # the curve gains less than its own uncertainty: there is no place to mark
     placed = [(r.layer_index, x) for r, x in zip(res, xs, strict=True) if r.layer_index is not None]
     if len(placed) < 2:
