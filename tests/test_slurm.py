@@ -29,7 +29,7 @@ N_PREEMPTED = 201
 JOB_TIMEOUT = 240
 # 1 node x 2 tasks on CPU; the script's GPU and CPU requests are overridden on the sbatch command line
 RESOURCES = ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", "--time=10"]
-OVERRIDES = ["data.batch_size=4", "storage.chunk_rows=8", "progress=false"]
+OVERRIDES = ["data=generated", "data.batch_size=4", "storage.chunk_rows=8", "progress=false"]  # the reference's data
 
 
 @pytest.fixture(scope="module")
