@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +47,10 @@ def summarize_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:
 
             for r in load_report(report_file).results:  # best layer per label and method
                 key = f"best {r.label} ({r.method})"
-                if key not in row or r.accuracy > row[key][1]:
-                    row[key] = (r.layer, round(float(r.accuracy), 4))
+                if not math.isfinite(r.score):
+                    continue
+                if key not in row or r.score > row[key][1]:
+                    row[key] = (r.layer, round(float(r.score), 4))
         rows.append(row)
     return rows
 

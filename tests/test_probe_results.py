@@ -279,3 +279,15 @@ def test_real_valued_fields_are_probed_by_default_as_regression_targets():
     report = probe_run(reader, write=False, progress=False, mdl=False)
     assert report.label_fields == ["target", "kind"] and report.methods == ["sklearn", "ridge"]
     assert report.result("signal", "target", "ridge").metric == "r2"
+
+
+def test_a_written_report_loads_back_and_prints_with_nan_figures(tmp_path):
+    from probing.probes import load_report
+    from probing.probes.report import format_table, write_report
+
+    report = probe_run(planted(n=200), write=False, progress=False, n_bootstrap=0)  # no CI, no placed layers
+    assert math.isnan(report.results[0].ci_low)
+    write_report(report, tmp_path, plot=False)
+    again = load_report(tmp_path)
+    assert again.results[0].layer_index is None and math.isnan(again.summary[0]["expected_layer"])
+    assert format_table(again) == format_table(report)

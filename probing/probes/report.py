@@ -102,8 +102,8 @@ def _cell(r: ProbeResult) -> str:
     return text
 
 
-def _layer_number(value: float) -> str:
-    return f"{value:.2f}" if math.isfinite(value) else "-"
+def _layer_number(value: float | None) -> str:
+    return f"{value:.2f}" if value is not None and math.isfinite(value) else "-"
 
 
 def format_table(report: ProbeReport) -> str:

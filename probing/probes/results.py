@@ -145,11 +145,15 @@ class ProbeReport:
     def from_dict(cls, data: dict[str, Any]) -> ProbeReport:
         try:
             rows: list[dict[str, Any]] = [
-                {k: float("nan") if v is None else v for k, v in ((k, _stored(row, k)) for k in COLUMNS)}
+                {k: float("nan") if v is None and k != "layer_index" else v
+                 for k, v in ((k, _stored(row, k)) for k in COLUMNS)}
                 for row in data["results"]
             ]
             results = [ProbeResult(**row) for row in rows]
             kwargs = {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data and f.name != "results"}
+            if "summary" in kwargs:  # JSON has no NaN: the writer stored it as null
+                kwargs["summary"] = [{k: float("nan") if v is None and k not in ("best_layer_index",) else v
+                                      for k, v in entry.items()} for entry in kwargs["summary"]]
             return cls(results=results, **kwargs)
         except (KeyError, TypeError) as exc:
             raise ProbingError(f"Not a probe report (missing {exc}); expected the JSON written by probe_run.") from exc

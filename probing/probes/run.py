@@ -337,6 +337,8 @@ def probe_run(
     if not c_grid or any(c <= 0 for c in c_grid):
         raise ConfigError(f"c_grid must hold positive values, got {list(c_grid)}.")
     _check_search_rows(search_rows)  # before features are loaded
+    if mdl_rows is not None and mdl_rows < 10:
+        raise ConfigError(f"mdl_rows must be >= 10 (or null for every training row), got {mdl_rows}.")
     layer_keys = resolve_layers(reader, layers)
     from probing.probes.rows import RowView
 
@@ -440,15 +442,16 @@ def probe_run(
                 fit = fitted[(lab.field, m, layer)]
                 if lab.regression:
                     score = r2_score(y_test, fit.pred)
-                    low, high = bootstrap_r2_ci(y_test, fit.pred, groups=test_groups, n_resamples=max(1, n_bootstrap),
-                                                seed=seed)
+                    low, high = bootstrap_r2_ci(y_test, fit.pred, groups=test_groups, n_resamples=n_bootstrap,
+                                                seed=seed) if n_bootstrap else (float("nan"), float("nan"))
                     c_score = float("nan") if control is None or fit.control is None else r2_score(
                         control[test], fit.control)
                     f1 = float("nan")
                 else:
                     correct = fit.pred == y_test
                     score = float(correct.mean())
-                    low, high = bootstrap_ci(correct, groups=test_groups, n_resamples=max(1, n_bootstrap), seed=seed)
+                    low, high = bootstrap_ci(correct, groups=test_groups, n_resamples=n_bootstrap,
+                                             seed=seed) if n_bootstrap else (float("nan"), float("nan"))
                     c_score = float("nan") if control is None or fit.control is None else accuracy(
                         control[test], fit.control)
                     f1 = macro_f1(y_test, fit.pred)
