@@ -276,7 +276,7 @@ class DatasetRunner:
             "versions": package_versions(),
             "config": self.config,
             "overrides": self.overrides,
-            "created": utc_now(),
+            "created": utc_now(precise=True),
         }
 
     def _fingerprints(self) -> dict[str, str]:

@@ -62,8 +62,9 @@ def new_run_id() -> str:
     return _dt.datetime.now().strftime("run-%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
-def utc_now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+def utc_now(precise: bool = False) -> str:
+    """The UTC time in ISO format, to the second (or to the microsecond: a creation time that orders runs)."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds" if precise else "seconds")
 
 
 def check_resume(old: Mapping[str, Any], new: Mapping[str, Any]) -> None:

@@ -179,13 +179,15 @@ def _dtype_serves(source: str | None, wanted: str | None, pooling: bool) -> bool
 
 
 def find_reuse(folder: str, meta: Mapping[str, Any], *, partial: bool = True) -> Reuse | None:
-    """A completed run under ``folder`` that serves the request ``meta`` (a run's metadata-to-be), best first:
+    """A completed run under ``folder`` that serves the request ``meta`` (a run's metadata-to-be), best first
+    (among equals, the oldest by creation time):
     the same identity, else (with ``partial``) a run with all the requested layers (and the requested
     strategy, or every token for a pooled one). None if nothing serves it."""
     if not fingerprinted(meta):
         return None
     wanted_id, wanted_src = run_identity(meta), source_key(meta)
     runs = [r for r in stored_runs(folder) if r.completed and r.source == wanted_src]
+    runs.sort(key=lambda r: (str(r.meta.get("created", "")), r.path))  # the oldest first: what a rerun gets
     for r in runs:
         if r.identity == wanted_id:
             return Reuse("whole", r)

@@ -153,7 +153,7 @@ def create_or_resume(
             if p.exists() and (not p.is_dir() or any(p.iterdir())):
                 raise ConfigError(f"{path} exists and is not a probing run; choose another run_id or folder.")
         store = storage.open_store(path, "w")
-        meta.update(run_id=run_id, completed=False, attempts=0, created=meta.get("created", utc_now()),
+        meta.update(run_id=run_id, completed=False, attempts=0, created=meta.get("created", utc_now(precise=True)),
                     world_size=world_size)
         if layout is not None:
             meta["layout"] = layout.to_dict()
