@@ -118,17 +118,21 @@ def _status_kib(field: str) -> int:
     return 0
 
 
-def one(run: str, shuffle: bool, workers: int) -> dict[str, Any]:
+def one(run: str, shuffle: bool, workers: int, keep_dtype: bool = False) -> dict[str, Any]:
     """Run the loader over the whole layer once (called in a fresh process). Peak RSS of this process
     is above its RSS after the imports (torch, zarr, probing: ~600 MiB, not the loader's); a worker's peak
-    is its own (it starts as a fork of this process)."""
+    is its own (it starts as a fork of this process). ``keep_dtype``: batches in the stored dtype (no
+    float16 -> float32 conversion)."""
+    import torch  # noqa: F401 - imports before the clock: the loader's time is reading, not importing
+
+    import probing.storage.loader  # noqa: F401
     from probing import open_run
 
     base_rss = _status_kib("VmRSS") / 1024  # after the imports: what the loader adds is the peak above it
     t0 = time.perf_counter()
     rows = 0
     with open_run(run) as r:
-        loader = r.loader("blocks.6", BATCH, shuffle=shuffle, seed=0)
+        loader = r.loader("blocks.6", BATCH, shuffle=shuffle, seed=0, **({"dtype": None} if keep_dtype else {}))
         itemsize = loader.stored_dtype.itemsize
         for batch in loader.dataloader(num_workers=workers):
             rows += len(batch)
@@ -141,50 +145,59 @@ def one(run: str, shuffle: bool, workers: int) -> dict[str, Any]:
             "buffer_mib": round(loader.buffer_bytes / 2**20, 1)}
 
 
+def name(dtype: str, shuffle: bool, workers: int, keep_dtype: bool) -> str:
+    out = " -> float16 batches" if keep_dtype else ""
+    return f"{dtype} {'shuffled' if shuffle else 'in order'} workers={workers}{out}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--gb", type=float, default=2.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "probing-readback"))  # outside the repo
     ap.add_argument("--out", default="bench/results/readback.json")
-    ap.add_argument("--one", nargs=3, metavar=("RUN", "SHUFFLE", "WORKERS"), help=argparse.SUPPRESS)
+    ap.add_argument("--keep", action="store_true", help="keep the runs in --dir and reuse them when there")
+    ap.add_argument("--one", nargs=4, metavar=("RUN", "SHUFFLE", "WORKERS", "KEEP_DTYPE"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
-        print(json.dumps(one(a.one[0], a.one[1] == "1", int(a.one[2]))))
+        print(json.dumps(one(a.one[0], a.one[1] == "1", int(a.one[2]), a.one[3] == "1")))
         return
     root = Path(a.dir)
     root.mkdir(parents=True, exist_ok=True)
     try:
         t0 = time.perf_counter()
-        runs = {dt: write_run(root, dt, a.gb) for dt in ("float32", "float16")}
+        runs = {dt: (root / f"tok-{dt}" if a.keep and (root / f"tok-{dt}" / "zarr.json").exists()
+                     else write_run(root, dt, a.gb)) for dt in ("float32", "float16")}
         write_s = time.perf_counter() - t0
         big = root / "dd.bin"
-        subprocess.run(["dd", "if=/dev/urandom", f"of={big}", "bs=16M", f"count={int(2 * a.gb * 1e9 / 2**24)}"],
-                       check=True, capture_output=True)
+        if not (a.keep and big.exists()):
+            subprocess.run(["dd", "if=/dev/urandom", f"of={big}", "bs=16M", f"count={int(2 * a.gb * 1e9 / 2**24)}"],
+                           check=True, capture_output=True)
         files = {dt: files_of(p) for dt, p in runs.items()}
         sizes = {dt: sum(f.stat().st_size for f in fs) / 1e9 for dt, fs in files.items()}
         print(f"wrote {sizes} GB (layer files) in {write_s:.0f} s; dd file {big.stat().st_size / 1e9:.1f} GB")
-        configs = [(dt, sh, w) for dt in ("float32", "float16") for sh in (True, False) for w in (0, 1, 2)]
+        configs = [(dt, sh, w, False) for dt in ("float32", "float16") for sh in (True, False) for w in (0, 1, 2)]
+        configs += [("float16", True, 0, True), ("float16", False, 0, True)]  # batches kept in float16
         rounds: list[dict[str, Any]] = []
         for k in range(a.rounds):
-            rec: dict[str, Any] = {}
+            rec: dict[str, Any] = {"load_average_1min": os.getloadavg()[0]}
             evict([big])
             rec["dd_direct_mb_s"] = dd_direct(big)
             evict(files["float32"])
             rec["cached_before_cat"] = cached_fraction(files["float32"])
             rec["cat_chunk_files_mb_s"] = cat_files(files["float32"])
-            for dt, sh, w in configs:
+            for dt, sh, w, keep in configs:
                 evict(files[dt])
-                out = subprocess.run([sys.executable, __file__, "--one", str(runs[dt]), str(int(sh)), str(w)],
-                                     check=True, capture_output=True, text=True).stdout
+                out = subprocess.run([sys.executable, __file__, "--one", str(runs[dt]), str(int(sh)), str(w),
+                                      str(int(keep))], check=True, capture_output=True, text=True).stdout
                 res = json.loads(out.strip().splitlines()[-1])
-                rec[f"{dt} {'shuffled' if sh else 'in order'} workers={w}"] = res
+                rec[name(dt, sh, w, keep)] = res
             rounds.append(rec)
             print(f"round {k}: dd {rec['dd_direct_mb_s']:.0f} MB/s, cat {rec['cat_chunk_files_mb_s']:.0f} MB/s, "
                   f"cached before {rec['cached_before_cat']}")
         table = []
-        for dt, sh, w in configs:
-            key = f"{dt} {'shuffled' if sh else 'in order'} workers={w}"
+        for dt, sh, w, keep in configs:
+            key = name(dt, sh, w, keep)
             per = [r[key] for r in rounds]
             table.append({
                 "config": key,
@@ -202,7 +215,8 @@ def main() -> None:
             "cat_chunk_files_mb_s": statistics.median(r["cat_chunk_files_mb_s"] for r in rounds),
             "layer_gb": sizes, "write_seconds": write_s, "batch_rows": BATCH, "dim": DIM,
             "cache": "posix_fadvise DONTNEED per file before each measurement (no sudo); dd with iflag=direct",
-            "machine": "2-core shared VM; other engineers' tests were running",
+            "machine": f"{os.cpu_count()}-core shared VM; 1-min load average at the rounds' starts: "
+                       f"{[round(r['load_average_1min'], 1) for r in rounds]}",
         }
         print(f"\ndisk: dd iflag=direct {summary['dd_direct_mb_s']:.0f} MB/s, cat of the chunk files "
               f"{summary['cat_chunk_files_mb_s']:.0f} MB/s")
@@ -214,7 +228,8 @@ def main() -> None:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps({"summary": summary, "table": table, "rounds": rounds}, indent=1))
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if not a.keep:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -154,3 +154,88 @@ def test_bad_arguments_and_partial_runs_are_refused(token_run: tuple[str, int], 
     with pytest.warns(UserWarning), open_run(w.path, allow_partial=True) as part, \
             pytest.raises(RunIncompleteError, match="completed runs"):
         part.loader("x", 2)
+
+
+# -- the direct chunk-file path (probing/storage/chunk_files.py) ------------------------------------------
+def _chunk_files(path: str):
+    from probing.storage.chunk_files import ChunkFiles
+
+    with open_run(path) as r:
+        return ChunkFiles.of(r.store, "layers/x", path)
+
+
+def test_chunk_files_read_what_zarr_reads_and_apply_only_where_they_can(tmp_path) -> None:
+    import zarr
+
+    path, total = plant_token_run(str(tmp_path / "plain"), n=60)
+    files = _chunk_files(path)
+    assert files is not None and files.checksum and files.chunk_rows == 16
+    stored = np.asarray(zarr.open_array(f"{path}/layers/x", mode="r")[:])  # zarr itself, not probing's reader
+    out = np.empty((16, 4), np.float32)
+    for chunk in range(-(-total // 16)):
+        n = files.read_into(chunk, out)
+        np.testing.assert_array_equal(out[:n], stored[chunk * 16 : chunk * 16 + n])
+    # compressed or sharded arrays are read through zarr (None: no direct path)
+    zstd = ZarrStorage(str(tmp_path / "z"), chunk_rows=16, compressor="zstd")
+    w = zstd.open_run("z", metadata={"layers": ["x"], "dataset": {"n_examples": 32}},
+                      layout=zstd.layout(32, {"x": (4,)}))
+    w.append(0, {"x": np.ones((32, 4), np.float32)}, {"example_ids": np.arange(32)})
+    w.finalize()
+    assert _chunk_files(w.path) is None
+    sharded = ZarrStorage(str(tmp_path / "s"), chunk_rows=8, shard_chunks=2)
+    w = sharded.open_run("s", metadata={"layers": ["x"], "dataset": {"n_examples": 32}},
+                         layout=sharded.layout(32, {"x": (4,)}))
+    w.append(0, {"x": np.ones((32, 4), np.float32)}, {"example_ids": np.arange(32)})
+    w.finalize()
+    assert _chunk_files(w.path) is None
+
+
+def test_the_loader_gives_the_same_batches_with_or_without_the_direct_path(tmp_path) -> None:
+    """A run stored with zstd is read through zarr; the same rows stored plain are read from the files:
+    the same seed gives the same batches, row for row (the plan does not depend on how chunks are read)."""
+    plain, total = plant_token_run(str(tmp_path / "plain"), n=90, seed=4)
+    rng = np.random.default_rng(4)
+    counts = rng.integers(0, 10, size=90)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    storage = ZarrStorage(str(tmp_path / "zstd"), chunk_rows=16, compressor="zstd")
+    acts = np.zeros((total, 4), np.float32)
+    acts[:, 0] = np.arange(total)
+    acts[:, 1] = np.repeat(np.arange(90), counts)
+    w = storage.open_run("t", metadata={"layers": ["x"], "dataset": {"n_examples": 90}, "mode": "tokens"},
+                         layout=storage.layout(90, {"x": (4,)}, ragged=True, total_rows=total),
+                         share=Ranges.span(0, 90), row_starts=starts)
+    w.append(0, {"x": acts}, {"example_ids": np.arange(90), "token_counts": counts, "row_counts": counts})
+    w.finalize()
+    assert _chunk_files(plain) is not None and _chunk_files(w.path) is None
+    for shuffle in (True, False):
+        with open_run(plain) as a, open_run(w.path) as b:
+            got_a = list(a.loader("x", 10, shuffle=shuffle, seed=2, buffer_chunks=3, read_ahead=2))
+            got_b = list(b.loader("x", 10, shuffle=shuffle, seed=2, buffer_chunks=3, read_ahead=2))
+        assert len(got_a) == len(got_b)
+        for x, y in zip(got_a, got_b, strict=True):
+            torch.testing.assert_close(x, y, rtol=0, atol=0)
+        assert sorted(rows_seen(got_a).tolist()) == list(range(total))
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
+def test_a_damaged_chunk_file_is_an_error_naming_the_rows(tmp_path, damage: str) -> None:
+    from pathlib import Path
+
+    from probing.errors import DamagedRunError
+
+    path, _ = plant_token_run(str(tmp_path), n=60)
+    chunk = Path(path) / "layers" / "x" / "c" / "2" / "0"
+    data = bytearray(chunk.read_bytes())
+    if damage == "flip":
+        data[5] ^= 0x10
+        chunk.write_bytes(bytes(data))
+    elif damage == "truncate":
+        chunk.write_bytes(bytes(data[:-9]))
+    files = _chunk_files(path)
+    assert files is not None
+    if damage == "delete":
+        chunk.unlink()
+    with pytest.raises(DamagedRunError, match=r"layer x, rows 32\.\.47"):
+        files.read_into(2, np.empty((16, 4), np.float32))
+    with open_run(path) as r, pytest.raises(DamagedRunError, match="layer x"):
+        list(r.loader("x", 8, shuffle=True, seed=0))

@@ -13,10 +13,17 @@ chunks in a random order* and shuffles rows inside a bounded buffer:
    every whole batch; the fewer than ``batch_size`` rows left over stay in the buffer for the next
    window (the last batch of an epoch may be short, or dropped with ``drop_last``).
 
-Memory, per consumer: the buffer, ``buffer_chunks x unit_rows + batch_size`` rows of the stored dtype,
-plus one batch in the output dtype (float32 by default) and ``read_ahead`` units being read by
-background threads (default 8). With the defaults (32 + 8 units of at most 2 MiB) that is at most
-about 90 MiB per consumer (a DataLoader worker is one); `RunLoader.buffer_bytes` gives the buffer.
+Reading: ``read_ahead`` units (default 8) are read by background threads straight into free slots of
+the buffer while the current window is mixed, so the disk keeps busy. A unit of an uncompressed local
+Zarr array (how probing stores activations by default) is read from its chunk file with one ``preadv``
+and its crc32c checked in place (`probing.storage.chunk_files`); other arrays (compressed, sharded,
+remote, HDF5) are read through their store and copied into the slot. Batches are gathered from the
+buffer (one copy) and converted to ``dtype`` by torch.
+
+Memory, per consumer: the buffer, ``(buffer_chunks + read_ahead) x unit_rows + batch_size`` rows of the
+stored dtype, plus the batch being gathered and the one handed out. With the defaults (32 + 8 units of at
+most 2 MiB) that is at most about 82 MiB per consumer (a DataLoader worker is one);
+`RunLoader.buffer_bytes` gives it.
 
 Shuffle quality: each batch is a uniform sample without replacement of the rows in the buffer, so it
 draws on ``K = buffer_chunks`` units; with ``n`` rows per unit and batch size ``B``, the expected
@@ -28,7 +35,6 @@ Without ``shuffle``, each consumer takes a contiguous run of units and yields ro
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections import deque
 from collections.abc import Iterator
@@ -80,8 +86,8 @@ class RunLoader(IterableDataset[Any]):
         dtype: output dtype (``torch.float32`` by default; None keeps the stored dtype).
         return_index: yield ``(rows, row_index)`` with each row's position in the layer (int64): the
             key to per-row metadata (``reader.row_metadata``) and to labels.
-        read_ahead: units read at once by background threads, ahead of the one being used (the disk
-            keeps busy while the buffer is mixed; that many units more in memory).
+        read_ahead: units read by background threads (at most 8 at once) into their own slots while the
+            current window is mixed (the disk keeps busy; that many units more in memory).
     """
 
     def __init__(
@@ -139,8 +145,8 @@ class RunLoader(IterableDataset[Any]):
     @property
     def buffer_bytes(self) -> int:
         """Bytes of one consumer's shuffle buffer."""
-        return (self.buffer_chunks * self.unit_rows + self.batch_size) * int(np.prod(self.row_shape)) * \
-            self.stored_dtype.itemsize
+        return ((self.buffer_chunks + self.read_ahead) * self.unit_rows + self.batch_size) * \
+            int(np.prod(self.row_shape)) * self.stored_dtype.itemsize
 
     def units_of(self, consumer: int, consumers: int) -> np.ndarray:
         """The unit indices consumer ``consumer`` of ``consumers`` reads this epoch, in reading order."""
@@ -159,54 +165,75 @@ class RunLoader(IterableDataset[Any]):
     # -- reading -----------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Any]:
         from probing.storage.base import open_run
+        from probing.storage.chunk_files import ChunkFiles
 
         consumer, consumers = self._consumer()
-        units = self.units_of(consumer, consumers)
+        units = [int(u) for u in self.units_of(consumer, consumers)]
         rng = np.random.default_rng([self.seed, self.epoch, consumer, 1])
-        width = self.buffer_chunks * self.unit_rows + self.batch_size
-        pool = np.empty((width, *self.row_shape), dtype=self.stored_dtype)
-        index = np.empty(width, dtype=np.int64)
-        fill = 0
+        U, B, K = self.unit_rows, self.batch_size, self.buffer_chunks
+        # the buffer: K + read_ahead slots of one unit each (a window being mixed, and the units being read
+        # ahead, straight into their slots), then B rows that carry a window's leftover into the next
+        n_slots = K + self.read_ahead
+        carry_at = n_slots * U
+        pool = np.empty((carry_at + B, *self.row_shape), dtype=self.stored_dtype)
+        index = np.empty(carry_at + B, dtype=np.int64)
         array = layer_path(self.key)
-        B = self.batch_size
-        with open_run(self.path) as reader, ThreadPoolExecutor(max(1, self.read_ahead)) as pool_io:
-            reader._read(array, 0, 0)  # the array's chunk listing, once, before the reads run in threads
-            chunks = self._read_ahead(reader, array, units, pool_io)
-            for _ in range(0, len(units), self.buffer_chunks):
-                for a, b, data in itertools.islice(chunks, self.buffer_chunks):
-                    pool[fill : fill + b - a] = data
-                    index[fill : fill + b - a] = np.arange(a, b)
-                    fill += b - a
-                order = rng.permutation(fill) if self.shuffle else np.arange(fill)
-                whole = fill // B
+        with open_run(self.path) as reader, ThreadPoolExecutor(min(8, self.read_ahead)) as io:
+            files = ChunkFiles.of(reader.store, array, str(self.path)) if self.unit_rows == reader.store.chunk_rows(
+                array) else None
+            if files is None:  # through the store: its chunk listing once (a missing chunk is damage), not in threads
+                reader._read(array, 0, 0)
+
+            def read(unit: int, slot: int) -> int:
+                a, b = unit * U, min(self.total_rows, (unit + 1) * U)
+                index[slot * U : slot * U + b - a] = np.arange(a, b)
+                if files is not None:  # the chunk file straight into its slot (chunk_files.py)
+                    return files.read_into(unit, pool[slot * U : (slot + 1) * U])
+                pool[slot * U : slot * U + b - a] = reader._read(array, a, b)
+                return b - a
+
+            free = deque(range(n_slots))
+            flight: deque[tuple[int, Any]] = deque()
+            queued = iter(units)
+
+            def submit() -> None:
+                while free:
+                    unit = next(queued, None)
+                    if unit is None:
+                        return
+                    slot = free.popleft()
+                    flight.append((slot, io.submit(read, unit, slot)))
+
+            submit()
+            fill = 0  # rows in the carry area
+            while flight:
+                window = [flight.popleft() for _ in range(min(K, len(flight)))]
+                parts = [np.arange(carry_at, carry_at + fill)]
+                for slot, fut in window:
+                    parts.append(np.arange(slot * U, slot * U + fut.result()))
+                members = np.concatenate(parts)
+                order = members[rng.permutation(len(members))] if self.shuffle else members
+                whole = len(order) // B
                 for i in range(whole):
                     pick = order[i * B : (i + 1) * B]
                     yield self._batch(pool[pick], index[pick])
                 rest = order[whole * B :]
-                pool[: len(rest)] = pool[rest]
-                index[: len(rest)] = index[rest]
+                pool[carry_at : carry_at + len(rest)] = pool[rest]  # a gather: a copy first, then the assignment
+                index[carry_at : carry_at + len(rest)] = index[rest]
                 fill = len(rest)
+                free.extend(slot for slot, _ in window)
+                submit()
         if fill and not self.drop_last:
-            yield self._batch(pool[:fill].copy(), index[:fill].copy())
-
-    def _read_ahead(self, reader: Any, array: str, units: np.ndarray,
-                    pool: ThreadPoolExecutor) -> Iterator[tuple[int, int, np.ndarray]]:
-        """The units' rows in order, ``read_ahead`` reads in flight (the disk works while rows are mixed)."""
-        spans = [(int(u) * self.unit_rows, min(self.total_rows, (int(u) + 1) * self.unit_rows)) for u in units]
-        flight: deque[Any] = deque()
-        for i in range(len(spans) + self.read_ahead):
-            if i < len(spans):
-                a, b = spans[i]
-                flight.append((a, b, pool.submit(reader._read, array, a, b)))
-            if len(flight) > self.read_ahead or (i >= len(spans) and flight):
-                a, b, fut = flight.popleft()
-                yield a, b, fut.result()
+            yield self._batch(pool[carry_at : carry_at + fill].copy(), index[carry_at : carry_at + fill].copy())
 
     def _batch(self, rows: np.ndarray, index: np.ndarray) -> Any:
-        wanted = None if self.dtype is None else torch.empty(0, dtype=self.dtype).numpy().dtype
-        if wanted is not None and rows.dtype != wanted:
-            rows = rows.astype(wanted)  # in numpy: every batch is a numpy-backed tensor, whatever the dtypes
         t = torch.from_numpy(rows)
+        if self.dtype is not None and t.dtype != self.dtype:
+            # converted by torch (about 10x numpy's float16 astype) into numpy memory: a batch stays
+            # numpy-backed, which DataLoader workers hand over without growing (torch-allocated batches
+            # from workers grew a worker's RSS to ~2 GB over a 2 GB run in bench/readback.py)
+            out = np.empty(rows.shape, dtype=torch.empty(0, dtype=self.dtype).numpy().dtype)
+            t = torch.from_numpy(out).copy_(t)
         return (t, torch.from_numpy(index)) if self.return_index else t
 
     def __len__(self) -> int:
