@@ -106,7 +106,8 @@ def plot_projection(run: RunLike, out: Target, *, layers: Sequence[int | str] | 
                    markerscale=2, title=label, title_fontsize=8)
     sample = f"{len(first.positions):,} of {first.n_total:,} rows" if len(first.positions) < first.n_total else \
         f"{first.n_total:,} rows"
-    fig.suptitle(title or f"{method.upper()} by layer: {model} ({run_id}), {sample}", fontsize=10)
+    who = f"{model} ({run_id})" if model else run_id
+    fig.suptitle(title or f"{method.upper()} by layer: {who}, {sample}", fontsize=10)
     return _save(fig, out)
 
 

@@ -154,7 +154,7 @@ def render_html(run: RunLike, report: ProbeReport | None = None, *, label: str |
         path = str(rows.path)
         title = f"probing report: {meta.get('run_id', Path(path).name)}"
         parts = [f"<h1>{_e(title)}</h1>",
-                 f'<p class="sub">{_e((meta.get("model") or {}).get("name_or_path"))}, written '
+                 f'<p class="sub">{_e((meta.get("model") or {}).get("name_or_path") or "model not recorded")}, written '
                  f"{_e(dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'))}</p>",
                  "<h2>Run</h2>", '<table class="meta" id="run-metadata">'
                  + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in _meta_rows(meta, path))
