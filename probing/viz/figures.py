@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -66,7 +67,7 @@ def _draw_projection(ax: Any, proj: Projection) -> Any:
                 ax.scatter(x[keep], y[keep], s=6, alpha=0.7, lw=0, color=f"C{j % 10}", label=c)
     pcs = proj.explained
     detail = f"  (PC1 {100 * pcs[0]:.0f}%, PC2 {100 * pcs[1]:.0f}%)" if proj.method == "pca" else ""
-    ax.set_title(_short(proj.layer) + detail, fontsize=9)
+    ax.set_title(proj.layer + detail, fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
     return handle
@@ -88,7 +89,8 @@ def plot_projection(run: RunLike, out: Target, *, layers: Sequence[int | str] | 
         run_id = rows.run_id
     ncols = min(len(keys), 4)
     nrows = math.ceil(len(keys) / ncols)
-    fig = _figure(2.8 * ncols + 0.6, 2.6 * nrows + 0.9)
+    width = max(4.6, 2.8 * ncols + 0.6)
+    fig = _figure(width, 2.6 * nrows + 1.1)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     handle = None
     for k, proj in enumerate(projections):
@@ -107,7 +109,8 @@ def plot_projection(run: RunLike, out: Target, *, layers: Sequence[int | str] | 
     sample = f"{len(first.positions):,} of {first.n_total:,} rows" if len(first.positions) < first.n_total else \
         f"{first.n_total:,} rows"
     who = f"{model} ({run_id})" if model else run_id
-    fig.suptitle(title or f"{method.upper()} by layer: {who}, {sample}", fontsize=10)
+    text = title or f"{method.upper()} by layer: {who}, {sample}"
+    fig.suptitle(textwrap.fill(text, int(width * 12)), fontsize=10)
     return _save(fig, out)
 
 
@@ -136,5 +139,6 @@ def plot_cka(run_a: RunLike | CKAResult, out: Target, run_b: RunLike | None = No
     ax.set_ylabel(f"layer of {name_a}", fontsize=9)
     fig.colorbar(im, ax=ax, shrink=0.9, label="linear CKA")
     what = "between layers" if res.run_a == res.run_b and name_a == name_b else f"{name_a} vs {name_b}"
-    fig.suptitle(title or f"Linear CKA {what}, {res.n_rows:,} rows", fontsize=10)
+    text = title or f"Linear CKA {what}, {res.n_rows:,} rows"
+    fig.suptitle(textwrap.fill(text, int(max(4.0, 0.45 * nb + 2.4) * 12)), fontsize=10)
     return _save(fig, out)

@@ -79,7 +79,6 @@ def _meta_rows(meta: dict[str, Any], path: str) -> list[tuple[str, str]]:
     ds = meta.get("dataset") or {}
     strategy = dict(meta.get("strategy") or {})
     name = strategy.pop("name", "?")
-    data_cfg = (meta.get("config") or {}).get("data") or {}
     versions = meta.get("versions") or {}
     rows = [
         ("run", f"{meta.get('run_id', Path(path).name)} ({'completed' if meta.get('completed') else 'incomplete'})"),
@@ -89,9 +88,9 @@ def _meta_rows(meta: dict[str, Any], path: str) -> list[tuple[str, str]]:
         ("layers", ", ".join(meta.get("layers", []))),
         ("strategy", name + (f" {strategy}" if strategy else "") + f"; mode {meta.get('mode', 'pooled')}"),
         ("max length", str(meta.get("max_length"))),
-        ("data", f"{ds.get('n_examples')} examples"
-                 + (f" ({data_cfg.get('_target_', data_cfg.get('name', ''))})" if data_cfg else "")
-                 + f"; fields {', '.join(ds.get('fields') or [])}; fingerprint {ds.get('fingerprint')}"),
+        ("data", f"{ds.get('n_examples')} examples (text field {ds.get('text_field')}); fields "
+                 f"{', '.join(ds.get('fields') or [])}; fingerprint {ds.get('fingerprint')}"),
+        ("overrides", " ".join(map(str, meta.get("overrides") or [])) or "(none: the defaults)"),
         ("created", str(meta.get("created"))),
         ("finished", str(meta.get("finished"))),
         ("identity", run_identity(meta) if fingerprinted(meta) else "-"),
@@ -166,13 +165,15 @@ def render_html(run: RunLike, report: ProbeReport | None = None, *, label: str |
                       "(R<sup>2</sup> for real-valued labels) with its 95% bootstrap CI; selectivity = score - "
                       "control-task score (Hewitt &amp; Liang 2019); MDL compression = uniform / online codelength "
                       "(Voita &amp; Titov 2020).</p>",
-                      _summary(report), _table(report)]
+                      _summary(report)]
+            table = ["<h2>Probe table</h2>", _table(report)]
             parts += ["<h2>Figures</h2>",
                       _png_tag(lambda b: plot_curves([report], b), "Probe score by layer with 95% CIs, control task "
                                "(dotted), baseline (dashed), best layer (star), expected layer (triangle).",
                                "probe curves")]
             label = label or (report.label_fields[0] if report.label_fields else None)
         else:
+            table = []
             parts += ["<h2>Probes</h2>", '<p class="sub">No probe report: run <code>python -m probing probe '
                       f"{_e(path)}</code> first for the table and the curves.</p>", "<h2>Figures</h2>"]
         best = _best_layer(report, label) if report is not None and label is not None else None
@@ -189,6 +190,7 @@ def render_html(run: RunLike, report: ProbeReport | None = None, *, label: str |
             data = base64.b64encode(Path(image).read_bytes()).decode("ascii")
             parts.append(f'<figure><img alt="{_e(caption)}" src="data:image/png;base64,{data}">'
                          f"<figcaption>{_e(caption)}</figcaption></figure>")
+        parts += table
         parts.append("<details><summary>All run metadata (JSON)</summary><pre>"
                      + _e(json.dumps({k: v for k, v in meta.items() if k not in ("layout",)}, indent=1,
                                      default=str)) + "</pre></details>")
