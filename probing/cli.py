@@ -29,6 +29,9 @@ commands:
   layers MODEL    a model's hook points: block indices, the embeddings, module names (no weights loaded)
                     python -m probing layers openai-community/gpt2
   runs [FOLDER]   the runs of a folder (default runs/) with their identity and what they hold
+  plot RUN [RUN2] a PNG: --kind pca (per layer, coloured by --label), cka (layers of one run or two), curves
+                    python -m probing plot runs/a runs/b --kind curves --out a_vs_b.png
+  report RUN      one self-contained HTML report: metadata, probe table, curves, PCA, CKA (opens offline)
 
 extraction options are Hydra overrides (key=value); config groups are chosen with
   +model=<{models}>  +strategy=<{strategies}>
@@ -306,6 +309,7 @@ def _plot_against_random(report: Any, random_report: Any) -> None:
                  title=f"Probe score by layer: {report.model}, trained vs random weights")
     report.files["vs_random"] = str(target)
     print(f"probes: trained vs random weights: {target}")
+    _write_html(report, {"Probe score by layer, trained vs random weights": target})
 
 
 def _probe_after(run_path: str, probe_cfg: dict[str, Any], explicit: bool) -> Any:
@@ -326,7 +330,17 @@ def _probe_after(run_path: str, probe_cfg: dict[str, Any], explicit: bool) -> An
     files = getattr(report, "files", None) or {}
     if files:
         print("probes: " + ", ".join(str(v) for v in files.values()))
+        _write_html(report)
     return report
+
+
+def _write_html(report: Any, extra_images: dict[str, Any] | None = None) -> None:
+    """The run's self-contained HTML report beside the probe report's files (`probing.viz.html`)."""
+    from probing.viz.html import write_html_report
+
+    path = write_html_report(report.run_path, report, extra_images=extra_images)
+    report.files["html"] = str(path)
+    print(f"report: {path}")
 
 
 def _run_reporting(cfg: Any, overrides: list[str] | None = None) -> int:
@@ -378,6 +392,8 @@ SUBCOMMANDS = {
     "info": ("probing.inspect", "info_main"),
     "layers": ("probing.hooks", "layers_main"),
     "runs": ("probing.runs", "runs_main"),
+    "plot": ("probing.viz.cli", "plot_main"),
+    "report": ("probing.viz.cli", "report_main"),
 }
 
 

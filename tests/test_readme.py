@@ -28,7 +28,10 @@ def test_the_cli_quick_start_lines_that_need_no_hub(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = str(run_path(proc.stdout))
     for args in (["--help"], ["info", run], ["probe", run, "--labels", "length,depth", "--method", "both"],
-                 ["layers", "sentence-transformers/all-MiniLM-L6-v2"], ["--cfg", "job"]):
+                 ["layers", "sentence-transformers/all-MiniLM-L6-v2"], ["--cfg", "job"],
+                 ["plot", run, run, "--kind", "curves"], ["report", run]):
         done = cli(*args, cwd=tmp_path)
         assert done.returncode == 0, (args, done.stderr[-2000:])
     assert os.path.isdir(os.path.join(tmp_path, run, "probes"))
+    assert len(list(Path(tmp_path, run, "probes").glob("*/report.html"))) == 1  # `probe` wrote it; `report` rewrote it
+    assert Path(tmp_path, run, "plots", "curves.png").exists()

@@ -109,5 +109,9 @@ def probe_main(argv: list[str]) -> int:
         return 2
     print(format_table(report))
     if report.files:
-        print("probes: wrote " + ", ".join(report.files[k] for k in ("csv", "json", "png") if k in report.files))
+        from probing.viz.html import write_html_report
+
+        report.files["html"] = str(write_html_report(report.run_path or args.run, report))
+        print("probes: wrote " + ", ".join(report.files[k] for k in ("csv", "json", "png", "html")
+                                           if k in report.files))
     return 0

@@ -14,6 +14,7 @@ import os
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -85,12 +86,13 @@ def default_title(reports: Sequence[ProbeReport]) -> str:
 
 def plot_reports(
     reports: Sequence[ProbeReport],
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | IO[bytes],
     *,
     names: Sequence[str] | None = None,
     title: str | None = None,
 ) -> Path:
-    """Draw the accuracy by layer of one or several reports into a PNG at ``path``; return the path.
+    """Draw the accuracy by layer of one or several reports into a PNG at ``path`` (or a binary file); return the
+    path (a file is returned as given).
 
     Args:
         reports: reports to compare (e.g. the same data under several strategies or models).
@@ -199,6 +201,9 @@ def plot_reports(
                frameon=False)
     text = title or default_title(reports)
     fig.suptitle(textwrap.fill(text, max(30, int(width * 11))), fontsize=11)
+    if not isinstance(path, (str, os.PathLike)):
+        fig.savefig(path, format="png")
+        return path  # type: ignore[return-value]
     p = Path(path)
     fig.savefig(p, format="png")
     return p
