@@ -97,6 +97,12 @@ class ActivationExtractor:
         self._plan: RowPlan | None = None
         self._captured: dict[str, torch.Tensor] = {}
         self._active = False
+        self._jax: Any = None
+        if getattr(model, "framework", "torch") == "jax":
+            from probing.jax.forward import JaxForward
+
+            # the JAX port computes the layers (sites checked here, before any compute); pooling stays in torch
+            self._jax = JaxForward(model, self.layers, early_stop=early_stop, forward_params=self._forward_params)
 
     # -- public API ---------------------------------------------------------------------------
     @property
@@ -153,6 +159,8 @@ class ActivationExtractor:
         if "use_cache" in self._forward_params:
             inputs["use_cache"] = False
         plan = self.strategy.plan(dict(batch)) if isinstance(self.strategy, TokenLevelStrategy) else None
+        if self._jax is not None:
+            return self._run_jax(batch, plan)
         with self.hooks():
             self._mask = mask.bool()
             self._plan = plan
@@ -169,6 +177,26 @@ class ActivationExtractor:
         if plan is None:
             return LayerOutputs(acts)
         return LayerOutputs(acts, plan.lengths, plan.row_fields)
+
+    def _run_jax(self, batch: Mapping[str, torch.Tensor], plan: RowPlan | None) -> LayerOutputs:
+        """`run` with the JAX port: its hidden states go through the same strategies as the hooks' ones."""
+        hidden = self._jax(batch)
+        mask = batch["attention_mask"].bool()
+        acts: dict[str, torch.Tensor] = {}
+        for key in self.layer_keys:
+            if plan is not None:
+                assert isinstance(self.strategy, TokenLevelStrategy)
+                acts[key] = self.strategy.rows(hidden[key], plan).float()
+            else:
+                acts[key] = self.strategy.pool(hidden[key], mask).float()
+        if plan is None:
+            return LayerOutputs(acts)
+        return LayerOutputs(acts, plan.lengths, plan.row_fields)
+
+    @property
+    def jax_compiles(self) -> int | None:
+        """How many XLA compiles the JAX forward made so far (one per padded shape); None under torch."""
+        return None if self._jax is None else int(self._jax.compiles)
 
     def extract(self, inputs: Sequence[str] | Sequence[Sequence[str]] | Mapping[str, torch.Tensor]) -> ActivationBatch:
         """Tokenize (if given texts, or word lists for pre-split input), run, pool: the seed's
@@ -220,6 +248,8 @@ class ActivationExtractor:
             "block_list": find_block_list(self.model)[0],
             "strategy": self.strategy.describe(),
             "early_stop": self.early_stop,
+            "backend": getattr(self.backend, "framework", "torch"),
+            **({"jax": self._jax.describe()} if self._jax is not None else {}),
         }
 
     # -- hooks ----------------------------------------------------------------------------------
