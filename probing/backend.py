@@ -110,6 +110,8 @@ class BackendModel:
     #: the flax nnx port (`probing.jax`) when ``framework == "jax"``; the torch ``model`` is kept beside it
     #: for its config, module names (layer selection), weights fingerprint and the CLS pooler
     jax_model: Any = None
+    #: jitted JAX forwards of this model by (blocks run, sites): extractors of one model share compiles
+    jax_compiled: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     @property
     def model_type(self) -> str:
@@ -299,7 +301,7 @@ class ModelBackend:
             tokenizer = load_tokenizer(path, gguf=bool(gguf_file), **kwargs)
             placement = {} if device_map is None else {"device_map": device_map}
             model = model_class.from_pretrained(path, config=config, dtype=torch_dtype, **kwargs, **placement)
-        except ModelLoadError:
+        except (ModelLoadError, ConfigError):
             raise
         except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, ValueError...: say which folder
             if is_local and type(exc).__name__ == "SafetensorError":

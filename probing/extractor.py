@@ -64,6 +64,12 @@ def _hidden_of(output: Any) -> torch.Tensor:
     raise ConfigError(f"Cannot find a hidden-state tensor in a module output of type {type(output).__name__}.")
 
 
+def positions_from_ids(model: nn.Module) -> bool:
+    """Whether ``model``'s embeddings derive position ids from the input ids (RoBERTa, XLM-R, CamemBERT...)."""
+    embeddings = getattr(model, "embeddings", None)
+    return hasattr(embeddings, "create_position_ids_from_input_ids") and hasattr(embeddings, "padding_idx")
+
+
 class ActivationExtractor:
     """Capture pooled activations of several layers of a `BackendModel` in one forward pass.
 
@@ -93,6 +99,10 @@ class ActivationExtractor:
         self.strategy.validate(model.model, model.is_decoder)
         self.early_stop = early_stop
         self._forward_params = set(inspect.signature(model.model.forward).parameters)
+        #: left padding: pass ``position_ids = cumsum(mask) - 1``, except where the embeddings count positions
+        #: from the input ids themselves (RoBERTa-like: ``padding_idx + cumsum(ids != pad)``, right for either
+        #: side; explicit ids would start them at 0 instead of ``padding_idx + 1``, 2.7 off on a tiny RoBERTa)
+        self.positions_from_mask = "position_ids" in self._forward_params and not positions_from_ids(model.model)
         self._mask: torch.Tensor | None = None
         self._plan: RowPlan | None = None
         self._captured: dict[str, torch.Tensor] = {}
@@ -102,7 +112,8 @@ class ActivationExtractor:
             from probing.jax.forward import JaxForward
 
             # the JAX port computes the layers (sites checked here, before any compute); pooling stays in torch
-            self._jax = JaxForward(model, self.layers, early_stop=early_stop, forward_params=self._forward_params)
+            self._jax = JaxForward(model, self.layers, early_stop=early_stop, forward_params=self._forward_params,
+                                   positions_from_mask=self.positions_from_mask)
 
     # -- public API ---------------------------------------------------------------------------
     @property
@@ -153,7 +164,7 @@ class ActivationExtractor:
             for k, v in batch.items()
             if k in ("input_ids", "attention_mask", "token_type_ids") and k in self._forward_params
         }
-        if "position_ids" in self._forward_params and bool((mask[:, 0] == 0).any()):
+        if self.positions_from_mask and bool((mask[:, 0] == 0).any()):
             # left padding: positions must count real tokens only, or absolute positions shift
             inputs["position_ids"] = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
         if "use_cache" in self._forward_params:

@@ -77,14 +77,13 @@ def site_depth(site: str, n_blocks: int) -> int:
 class JaxForward:
     """Run the JAX port of ``backend`` for ``layers``; ``__call__(batch)`` gives ``{key: [B, T, H]}`` float32.
 
-    ``forward_params`` are the torch model's forward parameters: position ids from the mask (left
-    padding) and token types are passed exactly where the torch extractor passes them.
+    ``forward_params`` are the torch model's forward parameters and ``positions_from_mask`` the torch
+    extractor's choice: position ids from the mask (left padding) and token types are used exactly where
+    the torch extractor passes them; otherwise each family's own default positions.
     """
 
     def __init__(self, backend: BackendModel, layers: Sequence[ResolvedLayer], *, early_stop: bool,
-                 forward_params: set[str]) -> None:  # fmt: skip
-        import jax
-        from flax import nnx
+                 forward_params: set[str], positions_from_mask: bool) -> None:  # fmt: skip
 
         model = backend.model
         table = site_table(model)
@@ -106,19 +105,20 @@ class JaxForward:
         config = model.config
         self.model_type = str(getattr(config, "model_type", ""))
         self.pad_index = getattr(config, "pad_token_id", None)
-        self.position_from_mask = "position_ids" in forward_params
+        self.position_from_mask = positions_from_mask
         self.token_types = "token_type_ids" in forward_params
-        self.compiles = 0
         self.shapes: set[tuple[int, int]] = set()
-        graphdef, state = nnx.split(backend.jax_model)
-        self._state = state
-        depth, wanted = self.depth, self.wanted
+        key = (self.depth, self.wanted)
+        if key not in backend.jax_compiled:
+            backend.jax_compiled[key] = _Compiled(backend.jax_model, self.depth, self.wanted)
+        self._compiled: _Compiled = backend.jax_compiled[key]
+        self._start = self._compiled.compiles
 
-        def forward(state: Any, ids: Any, mask: Any, positions: Any, token_types: Any) -> Any:
-            self.compiles += 1  # runs once per trace, i.e. per compiled shape
-            return nnx.merge(graphdef, state)(ids, mask, positions, token_types, depth=depth, wanted=wanted)
-
-        self._forward = jax.jit(forward)
+    @property
+    def compiles(self) -> int:
+        """XLA compiles made for this extractor (a shape another extractor of the same model and sites
+        compiled already is not compiled again)."""
+        return self._compiled.compiles - self._start
 
     def describe(self) -> dict[str, Any]:
         """What goes into run metadata (the compile count is known at the end of a run: see the log)."""
@@ -160,10 +160,30 @@ class JaxForward:
             out[:rows, :tokens] = a
             return out
 
-        outputs = self._forward(
-            self._state, pad(ids), pad(mask), pad(positions), None if types is None else pad(types.cpu().numpy())
-        )
+        token_types = None if types is None else pad(types.cpu().numpy())
+        outputs = self._compiled(pad(ids), pad(mask), pad(positions), token_types)
+        host = {site: np.asarray(value) for site, value in outputs.items()}  # one transfer per site
         return {
-            key: torch.from_numpy(np.array(np.asarray(outputs[site])[:rows, :tokens], dtype=np.float32)).to(mask_t.device)
+            key: torch.from_numpy(np.array(host[site][:rows, :tokens], dtype=np.float32)).to(mask_t.device)
             for key, site in self.sites.items()
         }
+
+
+class _Compiled:
+    """One jitted forward of a port for fixed (blocks run, sites); counts its traces (= XLA compiles)."""
+
+    def __init__(self, model: Any, depth: int, wanted: frozenset[str]) -> None:
+        import jax
+        from flax import nnx
+
+        graphdef, self.state = nnx.split(model)
+        self.compiles = 0
+
+        def forward(state: Any, ids: Any, mask: Any, positions: Any, token_types: Any) -> Any:
+            self.compiles += 1  # Python runs here once per trace, i.e. once per compiled shape
+            return nnx.merge(graphdef, state)(ids, mask, positions, token_types, depth=depth, wanted=wanted)
+
+        self.fn = jax.jit(forward)
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(self.state, *args)
