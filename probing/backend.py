@@ -105,6 +105,13 @@ class BackendModel:
     revision: str | None = None
     dtype: torch.dtype = torch.float32
     extra: dict[str, Any] = field(default_factory=dict)
+    #: ``torch`` or ``jax``: which framework runs the forward pass (`FRAMEWORKS`)
+    framework: str = "torch"
+    #: the flax nnx port (`probing.jax`) when ``framework == "jax"``; the torch ``model`` is kept beside it
+    #: for its config, module names (layer selection), weights fingerprint and the CLS pooler
+    jax_model: Any = None
+    #: jitted JAX forwards of this model by (blocks run, sites): extractors of one model share compiles
+    jax_compiled: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     @property
     def model_type(self) -> str:
@@ -206,8 +213,23 @@ def _ensure_pad_token(tokenizer: Any, name: str) -> None:
     )
 
 
+#: the frameworks a `ModelBackend` can run a model with
+FRAMEWORKS = ("torch", "jax")
+
+
 class ModelBackend:
-    """Loads models and tokenizers with Hugging Face ``transformers`` (PyTorch)."""
+    """Loads models and tokenizers with Hugging Face ``transformers`` (PyTorch), and for
+    ``framework="jax"`` also ports the loaded model to flax nnx (`probing.jax`): the JAX forward then
+    replaces the torch one and everything downstream is the same.
+
+    The JAX backend runs float32 only, with the torch model on the CPU (JAX places its own copy on its
+    default device); its families are `probing.jax.convert.FAMILIES`.
+    """
+
+    def __init__(self, framework: str = "torch") -> None:
+        if framework not in FRAMEWORKS:
+            raise ConfigError(f"framework={framework!r} is not one of {FRAMEWORKS} (model.backend in the CLI).")
+        self.framework = framework
 
     def load_model(
         self,
@@ -238,6 +260,16 @@ class ModelBackend:
         dev = resolve_device(device)
         check_device_map(device_map)
         torch_dtype = resolve_dtype(dtype)
+        if self.framework == "jax":
+            from probing.jax import require_jax
+
+            require_jax()
+            if torch_dtype != torch.float32 or device_map is not None or dev.type != "cpu":
+                raise ConfigError(
+                    f"model.backend=jax runs float32 weights with the torch copy on the CPU (JAX places its own on "
+                    f"its default device); got dtype={dtype!r}, device={str(device)!r}, device_map={device_map!r}. "
+                    "Use dtype=float32, device=cpu and no device_map, or model.backend=torch."
+                )
         if padding_side not in (None, "left", "right"):
             raise ConfigError(f"padding_side must be 'left' or 'right', got {padding_side!r}.")
         name = os.fspath(model_name)
@@ -260,12 +292,16 @@ class ModelBackend:
         path = str(Path(name).expanduser()) if is_local else name
         try:
             config = AutoConfig.from_pretrained(path, **kwargs)
+            if self.framework == "jax":
+                from probing.jax.convert import check_family
+
+                check_family(config, name)  # before the weights load
             model_class = _model_class(config, name)
             check_quantization(config, name)  # before the weights load
             tokenizer = load_tokenizer(path, gguf=bool(gguf_file), **kwargs)
             placement = {} if device_map is None else {"device_map": device_map}
             model = model_class.from_pretrained(path, config=config, dtype=torch_dtype, **kwargs, **placement)
-        except ModelLoadError:
+        except (ModelLoadError, ConfigError):
             raise
         except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, ValueError...: say which folder
             if is_local and type(exc).__name__ == "SafetensorError":
@@ -294,7 +330,14 @@ class ModelBackend:
             model.to(dev)
         else:
             dev = input_device(model)
+        jax_model = None
+        if self.framework == "jax":
+            from probing.jax.convert import to_jax
+
+            jax_model = to_jax(model)
         return BackendModel(
+            framework=self.framework,
+            jax_model=jax_model,
             model=model,
             tokenizer=tokenizer,
             device=dev,

@@ -221,7 +221,7 @@ def run_job(cfg: Any, overrides: list[str] | None = None) -> Any:
     dataset = prepare_dataset(job.data)
     storage = instantiate(cfg.storage, root=output_dir)
     strategy = instantiate(cfg.strategy)
-    model = ModelBackend().load_model(
+    model = ModelBackend(framework=job.model.backend).load_model(
         job.model.name_or_path,
         device="cpu",
         dtype=job.model.dtype,

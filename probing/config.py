@@ -47,9 +47,12 @@ class ModelConfig:
     padding_side: str | None = None
     #: a GGUF file inside name_or_path (dequantized on load)
     gguf_file: str | None = None
+    #: the framework that runs the forward pass: torch, or jax (the optional extra: pip install -e ".[jax]")
+    backend: str = "torch"
 
     def __post_init__(self) -> None:
         _one_of("model.dtype", self.dtype, MODEL_DTYPES)
+        _one_of("model.backend", self.backend, ("torch", "jax"))
         _one_of("model.padding_side", self.padding_side, (None, "left", "right"))
 
 

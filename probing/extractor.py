@@ -64,6 +64,12 @@ def _hidden_of(output: Any) -> torch.Tensor:
     raise ConfigError(f"Cannot find a hidden-state tensor in a module output of type {type(output).__name__}.")
 
 
+def positions_from_ids(model: nn.Module) -> bool:
+    """Whether ``model``'s embeddings derive position ids from the input ids (RoBERTa, XLM-R, CamemBERT...)."""
+    embeddings = getattr(model, "embeddings", None)
+    return hasattr(embeddings, "create_position_ids_from_input_ids") and hasattr(embeddings, "padding_idx")
+
+
 class ActivationExtractor:
     """Capture pooled activations of several layers of a `BackendModel` in one forward pass.
 
@@ -93,10 +99,21 @@ class ActivationExtractor:
         self.strategy.validate(model.model, model.is_decoder)
         self.early_stop = early_stop
         self._forward_params = set(inspect.signature(model.model.forward).parameters)
+        #: left padding: pass ``position_ids = cumsum(mask) - 1``, except where the embeddings count positions
+        #: from the input ids themselves (RoBERTa-like: ``padding_idx + cumsum(ids != pad)``, right for either
+        #: side; explicit ids would start them at 0 instead of ``padding_idx + 1``, 2.7 off on a tiny RoBERTa)
+        self.positions_from_mask = "position_ids" in self._forward_params and not positions_from_ids(model.model)
         self._mask: torch.Tensor | None = None
         self._plan: RowPlan | None = None
         self._captured: dict[str, torch.Tensor] = {}
         self._active = False
+        self._jax: Any = None
+        if getattr(model, "framework", "torch") == "jax":
+            from probing.jax.forward import JaxForward
+
+            # the JAX port computes the layers (sites checked here, before any compute); pooling stays in torch
+            self._jax = JaxForward(model, self.layers, early_stop=early_stop, forward_params=self._forward_params,
+                                   positions_from_mask=self.positions_from_mask)
 
     # -- public API ---------------------------------------------------------------------------
     @property
@@ -147,12 +164,14 @@ class ActivationExtractor:
             for k, v in batch.items()
             if k in ("input_ids", "attention_mask", "token_type_ids") and k in self._forward_params
         }
-        if "position_ids" in self._forward_params and bool((mask[:, 0] == 0).any()):
+        if self.positions_from_mask and bool((mask[:, 0] == 0).any()):
             # left padding: positions must count real tokens only, or absolute positions shift
             inputs["position_ids"] = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
         if "use_cache" in self._forward_params:
             inputs["use_cache"] = False
         plan = self.strategy.plan(dict(batch)) if isinstance(self.strategy, TokenLevelStrategy) else None
+        if self._jax is not None:
+            return self._run_jax(batch, plan)
         with self.hooks():
             self._mask = mask.bool()
             self._plan = plan
@@ -169,6 +188,26 @@ class ActivationExtractor:
         if plan is None:
             return LayerOutputs(acts)
         return LayerOutputs(acts, plan.lengths, plan.row_fields)
+
+    def _run_jax(self, batch: Mapping[str, torch.Tensor], plan: RowPlan | None) -> LayerOutputs:
+        """`run` with the JAX port: its hidden states go through the same strategies as the hooks' ones."""
+        hidden = self._jax(batch)
+        mask = batch["attention_mask"].bool()
+        acts: dict[str, torch.Tensor] = {}
+        for key in self.layer_keys:
+            if plan is not None:
+                assert isinstance(self.strategy, TokenLevelStrategy)
+                acts[key] = self.strategy.rows(hidden[key], plan).float()
+            else:
+                acts[key] = self.strategy.pool(hidden[key], mask).float()
+        if plan is None:
+            return LayerOutputs(acts)
+        return LayerOutputs(acts, plan.lengths, plan.row_fields)
+
+    @property
+    def jax_compiles(self) -> int | None:
+        """How many XLA compiles the JAX forward made so far (one per padded shape); None under torch."""
+        return None if self._jax is None else int(self._jax.compiles)
 
     def extract(self, inputs: Sequence[str] | Sequence[Sequence[str]] | Mapping[str, torch.Tensor]) -> ActivationBatch:
         """Tokenize (if given texts, or word lists for pre-split input), run, pool: the seed's
@@ -220,6 +259,8 @@ class ActivationExtractor:
             "block_list": find_block_list(self.model)[0],
             "strategy": self.strategy.describe(),
             "early_stop": self.early_stop,
+            "backend": getattr(self.backend, "framework", "torch"),
+            **({"jax": self._jax.describe()} if self._jax is not None else {}),
         }
 
     # -- hooks ----------------------------------------------------------------------------------

@@ -53,7 +53,9 @@ def describe_run(path: str | os.PathLike[str]) -> str:
     ds = meta.get("dataset", {})
     lines.append(f"run         {meta.get('run_id', p.name)}  ({_state(p, meta)})")
     lines.append(f"path        {p}")
-    lines.append(f"model       {model.get('name_or_path')} ({model.get('model_type')}, {model.get('dtype')})")
+    backend = model.get("backend") or "torch"  # runs stored before the JAX backend ran torch
+    kind = f"{model.get('model_type')}, {model.get('dtype')}, {backend}"
+    lines.append(f"model       {model.get('name_or_path')} ({kind})")
     lines.append(f"strategy    {meta.get('strategy')}   mode {meta.get('mode', 'pooled')}")
     lines.append(f"layers      {', '.join(meta.get('layers', []))}")
     lines.append(f"dataset     {ds.get('n_examples')} examples, fingerprint {ds.get('fingerprint')}")

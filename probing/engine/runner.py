@@ -246,6 +246,7 @@ class DatasetRunner:
                 "name_or_path": backend.name_or_path,
                 "revision": backend.revision,
                 "model_type": backend.model_type,
+                "backend": getattr(backend, "framework", "torch"),
                 "dtype": str(backend.dtype).replace("torch.", ""),
                 "is_decoder": backend.is_decoder,
                 "padding_side": getattr(backend.tokenizer, "padding_side", None),

@@ -401,9 +401,13 @@ class RunWriterCallback(BasePredictionWriter):
             if streamed:  # a stream ends where it was read to
                 n = max(max(seen), self.writer.done_ranges().max_stop())
             try:
+                compiles = getattr(getattr(trainer.lightning_module, "extractor", None), "jax_compiles", None)
+                if compiles is not None:
+                    log.info("JAX backend: %d XLA compile(s) in this run (one per padded batch shape)", compiles)
                 meta = self.writer.finalize(
                     stats={"world_size": trainer.world_size, "truncated": truncated,
-                           "longest_before_truncation": longest},
+                           "longest_before_truncation": longest,
+                           **({"jax_compiles": compiles} if compiles is not None else {})},
                     n_examples=n, on_nonfinite=self.on_nonfinite,
                 )
                 total = {**meta["stats"]["total"], "finalize_seconds": meta["stats"]["finalize_seconds"]}

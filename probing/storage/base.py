@@ -31,6 +31,7 @@ STORAGE_DTYPES = ("float32", "float16")
 RESUME_KEYS: tuple[tuple[str, ...], ...] = (
     ("model", "name_or_path"),
     ("model", "dtype"),
+    ("model", "backend"),
     ("layers",),
     ("strategy",),
     ("max_length",),
@@ -76,6 +77,8 @@ def check_resume(old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
         for part in path:
             a = a.get(part) if isinstance(a, Mapping) else None
             b = b.get(part) if isinstance(b, Mapping) else None
+        if path == ("model", "backend"):  # runs stored before the JAX backend ran torch
+            a, b = a or "torch", b or "torch"
         if a != b:
             diffs.append(f"{'.'.join(path)}: stored {a!r}, now {b!r}")
     if diffs:

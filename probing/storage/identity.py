@@ -74,8 +74,14 @@ def _get(meta: Mapping[str, Any], *path: str) -> Any:
 
 
 def source_fields(meta: Mapping[str, Any]) -> dict[str, Any]:
-    """What a run's values depend on besides layers and strategy (model, data, lengths, dtypes)."""
+    """What a run's values depend on besides layers and strategy (model, data, lengths, dtypes).
+
+    The framework is part of it when it is not torch: a JAX run equals the torch run within 1e-5 but not
+    bit for bit, so reuse never serves one for the other (torch runs keep the identities they had before
+    the JAX backend existed)."""
+    backend = _get(meta, "model", "backend")
     return {
+        **({"backend": backend} if backend not in (None, "torch") else {}),
         "weights": _get(meta, "model", "weights_fingerprint"),
         "revision": _get(meta, "model", "revision"),
         "model_dtype": _get(meta, "model", "dtype"),
