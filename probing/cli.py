@@ -205,6 +205,21 @@ def run_job(cfg: Any, overrides: list[str] | None = None) -> Any:
     job = to_job(cfg)
     job.data = job.data.for_level(isinstance(job.strategy, WordsConfig))  # the default data: text or word lists
     output_dir, run_id, hydra_overrides = _output_location(job)
+    from probing.storage.fs_options import bind, redacted
+
+    options = getattr(job.storage, "storage_options", None)
+    if options and "://" not in output_dir:
+        from probing.errors import ConfigError
+
+        raise ConfigError(
+            f"storage.storage_options were given but output_dir={output_dir!r} is a local folder: they are fsspec "
+            "options of a URL output_dir (output_dir=s3://bucket/runs, gs://bucket/runs). Drop them or give a URL."
+        )
+    bind(output_dir, options)  # every open under output_dir (lease, run, probes, registry) gets them
+    if job.logger == "mlflow":
+        from probing.mlflow_log import check_available
+
+        check_available()
     plan = check_job(job, output_dir)  # data, layers, model folder, output folder: before the weights load
     from probing.preflight import check_accelerator
 
@@ -218,6 +233,8 @@ def run_job(cfg: Any, overrides: list[str] | None = None) -> Any:
     from probing.extractor import ActivationExtractor
 
     config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    if (config.get("storage") or {}).get("storage_options"):  # stored with the run and in the registry: no secrets
+        config["storage"]["storage_options"] = redacted(config["storage"]["storage_options"])
     dataset = prepare_dataset(job.data)
     storage = instantiate(cfg.storage, root=output_dir)
     strategy = instantiate(cfg.strategy)
@@ -292,6 +309,11 @@ def run_job(cfg: Any, overrides: list[str] | None = None) -> Any:
         if random_result.global_rank == 0 and report is not None:
             random_report = _probe_after(random_result.path, probe_cfg, explicit=True)
             _plot_against_random(report, random_report)
+    if job.logger == "mlflow" and result.global_rank == 0:
+        from probing.mlflow_log import log_job
+
+        where = log_job(job.mlflow, output_dir, result, report, config)
+        print(f"probing: logged to MLflow: {where}")
     return result
 
 

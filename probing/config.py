@@ -323,11 +323,20 @@ class ZarrConfig(StorageConfig):
     compression_level: int | None = None
     shard_chunks: int | None = None  # chunks per shard file (fewer files when chunks are small)
     checksums: bool = True  # a crc32c per chunk: damage is an error on read (probing info --verify)
+    #: fsspec options of a URL output_dir (s3://, gs://): endpoint, credentials, anything the filesystem takes,
+    #: e.g. {key: ..., secret: ..., client_kwargs: {endpoint_url: "http://127.0.0.1:9000"}}; never stored as given
+    #: (credential-like values are redacted in the run's config and the registry)
+    storage_options: Any = None  # a mapping (typed Any: Hydra cannot merge a mapping into a None-valued typed one)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _one_of("storage.compressor", self.compressor, ("none", "zstd", "blosc"))
         _at_least("storage.shard_chunks", self.shard_chunks, 1)
+        if self.storage_options is not None and not hasattr(self.storage_options, "items"):
+            raise ConfigError(
+                f"storage.storage_options={self.storage_options!r}: expected a mapping of fsspec options, e.g. "
+                "storage.storage_options={key:...,secret:...,client_kwargs:{endpoint_url:'http://host:9000'}}."
+            )
 
 
 @dataclass
@@ -423,6 +432,21 @@ class ProbeConfig:
             raise ConfigError(f"probe.dev_fraction={self.dev_fraction!r}: expected a number in (0, 1).")
 
 
+# -- experiment logging ------------------------------------------------------------------------------
+@dataclass
+class MLflowConfig:
+    """Where ``logger=mlflow`` logs (`probing.mlflow_log`): offline by default, beside the runs."""
+
+    #: an MLflow tracking URI; null: sqlite:///<output_dir>/mlflow.db (absolute)
+    tracking_uri: str | None = None
+    #: where artifacts (the report files) go; null: <output_dir>/mlartifacts (absolute)
+    artifact_location: str | None = None
+    experiment: str = "probing"
+
+
+LOGGERS = (None, "none", "mlflow")
+
+
 # -- the whole job -----------------------------------------------------------------------------------
 @dataclass
 class Config:
@@ -452,6 +476,10 @@ class Config:
     on_nonfinite: str = "error"
     #: seconds without a heartbeat after which another job may take over the run's lease
     lease_timeout_s: float = 120.0
+    #: experiment logging besides the registry (<output_dir>/registry.jsonl): null/none, or mlflow (pip install
+    #: 'probing[mlflow]'): the config as params, probe scores per layer as metrics, the report files as artifacts
+    logger: str | None = None
+    mlflow: MLflowConfig = field(default_factory=MLflowConfig)
 
     def __post_init__(self) -> None:
         _one_of("progress", self.progress, ("auto", True, False))
@@ -460,6 +488,7 @@ class Config:
         _one_of("probe_after_extract", self.probe_after_extract, ("auto", True, False))
         _one_of("reuse", self.reuse, ("auto", True, False))
         _at_least("progress_every", self.progress_every, 0.1)
+        _one_of("logger", self.logger, LOGGERS)
 
 
 def register() -> None:

@@ -17,7 +17,7 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-def _arrays_of(p: Path) -> tuple[dict[str, Any], list[tuple[str, tuple[int, ...], str, int]]]:
+def _arrays_of(p: str | Path) -> tuple[dict[str, Any], list[tuple[str, tuple[int, ...], str, int]]]:
     """Metadata and (name, shape, dtype, bytes on disk) of every stored array of a run (any backend)."""
     from probing.storage.registry import backend_of
 
@@ -45,13 +45,13 @@ def _arrays_of(p: Path) -> tuple[dict[str, Any], list[tuple[str, tuple[int, ...]
 
 
 def describe_run(path: str | os.PathLike[str]) -> str:
-    """A readable summary of a run folder: metadata, progress and the stored arrays with sizes."""
-    p = Path(path)
+    """A readable summary of a run folder (or URL): metadata, progress and the stored arrays with sizes."""
+    p = _location(path)
     lines: list[str] = []
     meta, arrays = _arrays_of(p)
     model = meta.get("model", {})
     ds = meta.get("dataset", {})
-    lines.append(f"run         {meta.get('run_id', p.name)}  ({_state(p, meta)})")
+    lines.append(f"run         {meta.get('run_id', str(p).rstrip('/').rsplit('/', 1)[-1])}  ({_state(p, meta)})")
     lines.append(f"path        {p}")
     backend = model.get("backend") or "torch"  # runs stored before the JAX backend ran torch
     kind = f"{model.get('model_type')}, {model.get('dtype')}, {backend}"
@@ -73,7 +73,15 @@ def describe_run(path: str | os.PathLike[str]) -> str:
     return "\n".join(lines)
 
 
-def _state(p: Path, meta: dict[str, Any]) -> str:
+def _location(path: str | os.PathLike[str]) -> str | Path:
+    """A local run as a `Path`; a URL as it is (``Path`` would fold ``s3://`` into ``s3:/``)."""
+    from probing.storage.base import is_url, strip_file_url
+
+    text = strip_file_url(os.fspath(path))
+    return text if is_url(text) else Path(text)
+
+
+def _state(p: str | Path, meta: dict[str, Any]) -> str:
     """``completed``, ``completed, DAMAGED: ...`` (shapes and missing chunks: cheap), or ``INCOMPLETE``
     with the job writing it, if one holds its lease."""
     from probing.storage.lease import DEFAULT_TIMEOUT, _Files, _stale, describe_holder, lease_path
@@ -132,18 +140,34 @@ def verify(path: str | os.PathLike[str]) -> int:
 
 
 def info_main(args: list[str]) -> int:
-    """``python -m probing info <run path> [--json] [--verify]``."""
+    """``python -m probing info <run path> [--json] [--verify] [--storage-options JSON]``."""
     if not args or args[0] in ("-h", "--help"):
-        print("usage: python -m probing info <run path> [--json] [--verify]\n"
-              "  --verify  read every chunk and check it (checksums, missing chunks, shapes)")
+        print("usage: python -m probing info <run path or URL> [--json] [--verify] [--storage-options JSON]\n"
+              "  --verify  read every chunk and check it (checksums, missing chunks, shapes)\n"
+              "  --storage-options  fsspec options of a URL, as JSON (endpoint, credentials)")
         return 0 if args else 2
     from probing.errors import ProbingError
+    from probing.storage.fs_options import bind, parse_options
+
+    args = list(args)
+    if "--storage-options" in args:
+        i = args.index("--storage-options")
+        if i + 1 >= len(args):
+            print("probing: error: --storage-options needs a JSON object")
+            return 2
+        text = args[i + 1]
+        del args[i : i + 2]
+        try:
+            bind(str(args[0]), parse_options(text))
+        except ProbingError as exc:
+            print(f"probing: error: {exc}")
+            return 2
 
     try:
         if "--verify" in args:
             return verify(args[0])
         if "--json" in args:
-            print(json.dumps(_arrays_of(Path(args[0]))[0], indent=2, default=str))
+            print(json.dumps(_arrays_of(_location(args[0]))[0], indent=2, default=str))
         else:
             print(describe_run(args[0]))
     except (FileNotFoundError, ProbingError) as exc:

@@ -118,6 +118,8 @@ class DatasetRunner:
             the same model and data serves a subset of its layers (returned as it is, `RunResult.layers`
             the subset) or, if it kept every token, a pooled strategy (written as a new run). ``auto``
             (default): on when no ``run_id`` is given, off when one is (a named run is what was asked for).
+        registry: append the finished run to the experiment registry of the storage root
+            (``<root>/registry.jsonl``, `probing.experiments`); False: do not.
     """
 
     def __init__(
@@ -145,6 +147,7 @@ class DatasetRunner:
         allow_empty: bool = False,
         lease_timeout: float | None = None,
         reuse: bool | str = "auto",
+        registry: bool = True,
     ) -> None:
         if extractor is None or storage is None:
             raise ConfigError("DatasetRunner needs an extractor and a storage.")
@@ -210,6 +213,7 @@ class DatasetRunner:
         self.announce = announce
         self.config = config or {}
         self.overrides = overrides or []
+        self.registry = registry
         self.preemption = PreemptionHandler()
         self.example_fields, self.row_fields = self._metadata_fields()
 
@@ -423,8 +427,12 @@ class DatasetRunner:
         Raises `Preempted` if SIGTERM/SIGUSR1/SIGUSR2 arrived: what was computed is stored, and the
         same call with ``resume=True`` finishes the run.
         """
-        done = self._already_complete() or self._reused()
+        done = self._already_complete()
         if done is not None:
+            return done
+        done = self._reused()
+        if done is not None:
+            self._record(done)
             return done
         self.preemption.install()
         writer: RunWriterCallback | None = None
@@ -441,7 +449,16 @@ class DatasetRunner:
             if writer is not None:
                 writer.release()
         n = stats.get("examples", 0) if trainer.global_rank else _n_examples(writer)
-        return RunResult(writer.run_id, writer.path, n, self.extractor.layer_keys, stats, trainer.global_rank)
+        result = RunResult(writer.run_id, writer.path, n, self.extractor.layer_keys, stats, trainer.global_rank)
+        self._record(result)
+        return result
+
+    def _record(self, result: RunResult) -> None:
+        """Rank 0 appends the run to the registry of its storage root (`probing.experiments`)."""
+        if self.registry and result.global_rank == 0:
+            from probing.experiments import record_run
+
+            record_run(self.storage.root, result.path, result.stats)
 
 
 def _n_examples(writer: RunWriterCallback) -> int:

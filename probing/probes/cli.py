@@ -65,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mlp-hidden", type=int, default=D.mlp_hidden,
                    help=f"hidden units of MLP probes, --method mlp (default: {D.mlp_hidden})")
     p.add_argument("--overwrite", action="store_true", help="replace a report already in --out")
+    p.add_argument("--storage-options", default=None,
+                   help="fsspec options of a run at a URL, as JSON (endpoint, credentials): "
+                        '\'{"key": "...", "secret": "...", "client_kwargs": {"endpoint_url": "http://..."}}\'')
     p.add_argument("--no-write", action="store_true", help="only print the table")
     return p
 
@@ -83,6 +86,9 @@ def probe_main(argv: list[str]) -> int:
     except SystemExit as exc:  # --help, or a usage error already printed by argparse
         return int(exc.code or 0)
     try:
+        from probing.storage.fs_options import bind, parse_options
+
+        bind(args.run, parse_options(args.storage_options))
         report = probe_run(
             args.run,
             label_fields=args.labels,

@@ -91,6 +91,31 @@ def write_report(
     return report.files
 
 
+def upload_report(report: ProbeReport, run_url: str, methods: list[str]) -> dict[str, str]:
+    """Write the report of a run stored at a URL into ``<run url>/probes/<UTC time>-<methods>/``: the files
+    are made in a local temporary folder, then each is uploaded whole (an object store has no folders to
+    write into); ``report.files`` then names the URLs."""
+    import tempfile
+
+    from probing.storage.fs_options import url_to_fs
+
+    fs, root = url_to_fs(run_url)
+    with tempfile.TemporaryDirectory(prefix="probing-report-") as tmp:
+        name = new_report_dir(tmp, methods).name
+        base = f"{root.rstrip('/')}/probes/{name}"
+        k = 1
+        while fs.exists(base):
+            k += 1
+            base = f"{root.rstrip('/')}/probes/{name}-{k}"
+        local = write_report(report, Path(tmp) / "report")
+        url = f"{run_url.rstrip('/')}/probes/{base.rsplit('/', 1)[-1]}"
+        report.files = {kind: f"{url}/{Path(file).name}" for kind, file in local.items()}
+        write_json(report, local["json"])  # the JSON names where its files are: the bucket, not the temporary folder
+        for file in local.values():
+            fs.put_file(file, f"{base}/{Path(file).name}")
+    return report.files
+
+
 def _cell(r: ProbeResult) -> str:
     text = f"{r.score:.3f} [{r.ci_low:.2f},{r.ci_high:.2f}]"
     if math.isfinite(r.selectivity):

@@ -506,7 +506,7 @@ def probe_run(
         "total_seconds": round(time.perf_counter() - start_all, 3),
     }
     report = ProbeReport(
-        run_path=str(Path(reader.path).resolve()) if reader.path else "",
+        run_path=_absolute(reader.path),
         run_id=run_info["run"],
         model=run_info["model"],
         strategy=run_info["strategy"],
@@ -528,9 +528,26 @@ def probe_run(
 
         if out_dir is None and not reader.path:
             raise ConfigError("The reader has no path to write probes/ into; pass out_dir, or write=False.")
-        target = new_report_dir(os.path.join(reader.path, "probes"), all_methods) if out_dir is None else out_dir
-        write_report(report, target, overwrite=overwrite)
+        from probing.storage.base import is_url
+
+        if out_dir is None and is_url(reader.path):  # a run in a bucket: its report goes beside it, in the bucket
+            from probing.probes.report import upload_report
+
+            upload_report(report, reader.path, all_methods)
+        else:
+            target = new_report_dir(os.path.join(reader.path, "probes"), all_methods) if out_dir is None else out_dir
+            write_report(report, target, overwrite=overwrite)
+    from probing.experiments import record_probe_report
+
+    record_probe_report(report)
     return report
+
+
+def _absolute(path: str) -> str:
+    """A run's location as reports keep it: an absolute folder, or a URL as it is."""
+    if not path:
+        return ""
+    return path if "://" in path else str(Path(path).resolve())
 
 
 @dataclasses.dataclass(frozen=True)

@@ -242,18 +242,27 @@ class Storage:
                         token_counts=token_counts)
 
 
-def open_run(path: str | os.PathLike[str], run_id: str | None = None, *, allow_partial: bool = False) -> Any:
+def open_run(
+    path: str | os.PathLike[str],
+    run_id: str | None = None,
+    *,
+    allow_partial: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Any:
     """Open a stored run for reading: ``open_run(run.path)`` or ``open_run(root, run_id)``.
 
     The backend is recognized from the files; ``path`` may be an fsspec URL for Zarr. A run that never
     completed is refused with a message that says how to finish it, unless ``allow_partial=True``,
     which reads the finished examples only (and says how many). Returns a `probing.RunReader`
-    (a context manager: ``with open_run(p) as r: ...`` closes its files).
+    (a context manager: ``with open_run(p) as r: ...`` closes its files). ``storage_options``: fsspec
+    options of a URL (endpoint, credentials), bound to it for this process (`probing.storage.fs_options`).
     """
+    from probing.storage.fs_options import bind
     from probing.storage.reader import RunReader
     from probing.storage.registry import backend_of, list_runs
 
     base = strip_file_url(os.fspath(path))
+    bind(base, storage_options)
     p = (f"{base.rstrip('/')}/{run_id}" if is_url(base) else str(Path(base) / run_id)) if run_id else base
     backend = backend_of(p)
     if backend is not None:

@@ -101,9 +101,10 @@ class _Files:
         self.path = path
         self.fs: Any = None
         if is_url(path):
-            import fsspec
+            from probing.storage.fs_options import url_to_fs
 
-            self.fs, self.fspath = fsspec.core.url_to_fs(path)
+            run = path.rsplit(".lease", 1)[0] if ".lease" in path else None  # <run>.lease, <run>.lease.stale-*
+            self.fs, self.fspath = url_to_fs(path, like=run)  # with the run's bound storage_options
 
     def create(self, data: bytes) -> bool:
         """Write ``data`` if the file does not exist; False if it does."""

@@ -43,6 +43,11 @@ def _compressors(name: str, level: int | None) -> Any:
 def _open_group(path: str, mode: str) -> Any:
     import zarr
 
+    from probing.storage.fs_options import options_for
+
+    options = options_for(path)  # a URL's bound fsspec options (endpoint, credentials); none for a folder
+    if options:
+        return zarr.open_group(path, mode=mode, storage_options=options)  # type: ignore[arg-type]
     return zarr.open_group(path, mode=mode)  # type: ignore[arg-type]
 
 
@@ -215,6 +220,10 @@ class ZarrStorage(Storage):
         checksums: store a crc32c with every chunk (zarr's ``crc32c`` codec; default on): a damaged
             chunk is an error when read, and ``probing info --verify`` finds it. Costs are in
             docs/reliability.md.
+        storage_options: fsspec options of a URL ``root`` (``s3://``: ``key``, ``secret``,
+            ``client_kwargs={"endpoint_url": ...}``; ``gs://``: ``token``, ``project``; ...). They are bound
+            to ``root`` for this process (`probing.storage.fs_options`): every write and read under it (the
+            lease, the metadata, resume, `open_run`, probes, ``info``) uses them.
     """
 
     name = "zarr"
@@ -230,8 +239,17 @@ class ZarrStorage(Storage):
         compression_level: int | None = None,
         shard_chunks: int | None = None,
         checksums: bool = True,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(root, dtype=dtype, chunk_rows=chunk_rows)
+        if storage_options and not is_url(self.root):
+            raise ConfigError(
+                f"storage_options were given for {self.root!r}, which is a local folder: they are fsspec options of "
+                "a URL root (s3://bucket/runs, gs://bucket/runs). Drop them or give a URL."
+            )
+        from probing.storage.fs_options import bind
+
+        bind(self.root, storage_options)
         self.checksums = checksums
         if shard_chunks is not None and shard_chunks < 1:
             raise ConfigError(f"shard_chunks must be >= 1, got {shard_chunks}.")
