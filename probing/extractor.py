@@ -97,6 +97,14 @@ class ActivationExtractor:
         self.selectors = parse_layers(layers, self.n_blocks)
         self.layers: list[ResolvedLayer] = resolve_layers(model.model, self.selectors)
         self.strategy.validate(model.model, model.is_decoder)
+        from probing.sites import WEIGHTS
+
+        #: attention-pattern layers (``attn_pattern.L``): rows ``[heads, keys]``, captured under eager attention
+        self.attention_keys = [layer.key for layer in self.layers if layer.capture == WEIGHTS]
+        if self.attention_keys:
+            from probing.attention import check_strategy
+
+            check_strategy(self.strategy, self.attention_keys)
         self.early_stop = early_stop
         self._forward_params = set(inspect.signature(model.model.forward).parameters)
         #: left padding: pass ``position_ids = cumsum(mask) - 1``, except where the embeddings count positions
@@ -131,7 +139,17 @@ class ActivationExtractor:
         if self._active:
             yield self
             return
-        handles = []
+        handles: list[Any] = []
+        with contextlib.ExitStack() as stack:
+            if self.attention_keys:
+                from probing.attention import eager_attention
+
+                stack.enter_context(eager_attention(self.model))
+            with self._registered(handles):
+                yield self
+
+    @contextmanager
+    def _registered(self, handles: list[Any]) -> Iterator[None]:
         try:
             for layer in self.layers:
                 if layer.capture == "input":
@@ -139,7 +157,7 @@ class ActivationExtractor:
                 else:
                     handles.append(layer.module.register_forward_hook(self._make_hook(layer)))
             self._active = True
-            yield self
+            yield
         finally:
             for h in handles:
                 h.remove()
@@ -261,6 +279,8 @@ class ActivationExtractor:
             "early_stop": self.early_stop,
             "backend": getattr(self.backend, "framework", "torch"),
             **({"jax": self._jax.describe()} if self._jax is not None else {}),
+            **({"attention": {"layers": self.attention_keys, "implementation": "eager"}} if self.attention_keys
+               else {}),
         }
 
     # -- hooks ----------------------------------------------------------------------------------
@@ -277,7 +297,30 @@ class ActivationExtractor:
         if self.early_stop and len(self._captured) == len(self.layers):
             raise _StopForward
 
+    def _store_attention(self, key: str, weights: torch.Tensor) -> None:
+        """Rows ``[rows, heads, T]`` of a batch's attention probabilities: the strategy's query rows, keys in
+        example-local order (`probing.attention.example_local_keys`)."""
+        from probing.attention import example_local_keys
+
+        assert self._mask is not None and self._plan is not None and isinstance(self.strategy, TokenLevelStrategy)
+        local = example_local_keys(weights.float(), self._mask)
+        b, h, q, k = local.shape
+        by_query = local.permute(0, 2, 1, 3).reshape(b, q, h * k)
+        self._captured[key] = self.strategy.rows(by_query, self._plan).reshape(-1, h, k)
+        if self.early_stop and len(self._captured) == len(self.layers):
+            raise _StopForward
+
     def _make_hook(self, layer: ResolvedLayer) -> Any:
+        from probing.sites import WEIGHTS
+
+        if layer.capture == WEIGHTS:
+            from probing.attention import weights_of
+
+            def attention_hook(module: nn.Module, args: Any, output: Any) -> None:
+                self._store_attention(layer.key, weights_of(output, layer.module_name))
+
+            return attention_hook
+
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             self._store(layer.key, _hidden_of(output))
 

@@ -15,6 +15,10 @@ every entry is checked against transformers in ``tests/test_families.py``. What 
   its output projection; in Gemma 2/3 after the post-attention / post-feedforward norm). Pre-norm:
   ``resid_mid = resid_pre + attn_out`` and ``resid_post = resid_mid + mlp_out``.
 - ``final``: after the final norm (``hidden_states[-1]``); in post-norm families, the last block's output.
+- ``attn_pattern.L``: block L's attention probabilities, ``[heads, keys]`` per query token (token-level runs
+  only; see `probing.attention`): the second output of the family's self-attention module
+  (`ATTENTION_MODULES`), which transformers computes only under eager attention, so the extractor switches
+  the model to ``attn_implementation="eager"`` while it runs.
 """
 
 from __future__ import annotations
@@ -31,7 +35,10 @@ from probing.errors import LayerNotFoundError, close_matches
 from probing.layers import EMBEDDINGS, ResolvedLayer
 
 SITE_NAMES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "final")
-_SITE_RE = re.compile(r"^(resid_pre|resid_mid|resid_post|attn_out|mlp_out)\.(\*|-?\d+)$")
+_SITE_RE = re.compile(r"^(resid_pre|resid_mid|resid_post|attn_out|mlp_out|attn_pattern)\.(\*|-?\d+)$")
+ATTN_PATTERN = "attn_pattern"
+#: how a resolved attention-pattern layer captures its module: the weights its forward returns last
+WEIGHTS = "weights"
 GLOB_CHARS = "*?["
 
 
@@ -86,6 +93,18 @@ FAMILY_SITES: dict[str, FamilySites | Callable[[Any], FamilySites]] = {
     "gpt2": FamilySites(Site("attn"), Site("mlp"), Site("ln_2", "input"), "ln_f"),
     "gpt_neox": _gpt_neox,
     "opt": _opt,
+}
+
+
+#: model_type -> the self-attention module of a block whose forward returns ``(output, ..., weights)``
+ATTENTION_MODULES: dict[str, str] = {
+    **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text", "opt"), "self_attn"),
+    **dict.fromkeys(("bert", "roberta", "electra"), "attention.self"),
+    "distilbert": "attention",
+    "modernbert": "attn",
+    "t5": "layer.0.SelfAttention",
+    "gpt2": "attn",
+    "gpt_neox": "attention",
 }
 
 
@@ -166,6 +185,8 @@ def _site(site: str, i: int, model: nn.Module, list_name: str, blocks: nn.Module
     if site == "resid_pre":
         key = EMBEDDINGS if i == 0 else f"resid_pre.{i}"
         return ResolvedLayer(key, blocks[i], block_name, "input", None)
+    if site == ATTN_PATTERN:
+        return _attention_site(i, model, block_name, blocks)
     sites = family_sites(model)
     if sites is None:
         raise _unmapped(model, f"{site}.{i}", list_name)
@@ -180,6 +201,23 @@ def _site(site: str, i: int, model: nn.Module, list_name: str, blocks: nn.Module
     if module is None:
         raise LayerNotFoundError(f"Site '{site}.{i}' should be module {name!r}, which {type(model).__name__} lacks.")
     return ResolvedLayer(f"{site}.{i}", module, name, spec.capture, None)
+
+
+def _attention_site(i: int, model: nn.Module, block_name: str, blocks: nn.ModuleList) -> ResolvedLayer:
+    kind = str(getattr(getattr(model, "config", None), "model_type", type(model).__name__))
+    path = ATTENTION_MODULES.get(kind)
+    if path is None:
+        raise LayerNotFoundError(
+            f"Site 'attn_pattern.{i}' is not mapped for model type {kind!r}: `probing` reads attention probabilities "
+            f"in {', '.join(sorted(ATTENTION_MODULES))}. Other families: capture hidden states, or run transformers "
+            "with output_attentions=True yourself."
+        )
+    module = dict(blocks[i].named_modules()).get(path)
+    if module is None:
+        raise LayerNotFoundError(
+            f"Site 'attn_pattern.{i}' should be module {block_name}.{path}, which {type(model).__name__} lacks."
+        )
+    return ResolvedLayer(f"{ATTN_PATTERN}.{i}", module, f"{block_name}.{path}", WEIGHTS, None)
 
 
 def _glob(pattern: str, model: nn.Module, list_name: str, blocks: nn.ModuleList) -> list[ResolvedLayer]:
@@ -224,6 +262,12 @@ def describe_sites(model: nn.Module, list_name: str, n_blocks: int) -> list[str]
             ("attn_out.L", f"{list_name}.L.{sites.attn_out.path} (output)", "what attention adds to the stream")
         )
         rows.append(("mlp_out.L", f"{list_name}.L.{sites.mlp_out.path} (output)", "what the MLP adds to the stream"))
+    attention = ATTENTION_MODULES.get(str(getattr(getattr(model, "config", None), "model_type", "")))
+    if attention is not None:
+        rows.append((
+            "attn_pattern.L", f"{list_name}.L.{attention} (weights)", "attention probabilities [heads, keys] per "
+            "token (strategy=tokens; runs eager attention)",
+        ))  # fmt: skip
     try:
         final_name, _ = final_module(model, list_name, n_blocks)
         kind = "after the final norm" if final_name != f"{list_name}.{n_blocks - 1}" else "post-norm: the last block"

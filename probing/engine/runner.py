@@ -334,12 +334,22 @@ class DatasetRunner:
         keys = self.extractor.layer_keys
         shown = ", ".join(keys) if len(keys) <= 6 else f"{', '.join(keys[:3])}, ..., {keys[-1]}"
         limit = model_max_length(backend.tokenizer, backend.model.config)
+        attention = {}
+        if self.extractor.attention_keys:
+            heads = getattr(backend.model.config, "num_attention_heads", None) or "?"
+            itemsize = self.storage.dtype.itemsize
+            attention["attention"] = (
+                f"{len(self.extractor.attention_keys)} layer(s) of patterns, eager attention (transformers forms the "
+                f"probabilities only there); {heads} heads x K keys x {itemsize} bytes per token and layer, K = the "
+                f"longest example (at most {self.max_length})"
+            )
         return {
             "model": f"{backend.name_or_path} ({backend.model_type}, {n_blocks} blocks, {str(backend.dtype)[6:]})",
             "examples": "a stream (its length is known at the end)" if isinstance(ds, TextStream) else f"{len(ds):,}",
             "layers": f"{shown} ({len(keys)})",
             "strategy": f"{self.extractor.strategy.name}; inputs cut to {self.max_length} tokens (model limit "
             f"{limit if limit else 'unknown'})",
+            **attention,
         }
 
     def _already_complete(self) -> RunResult | None:
@@ -395,6 +405,7 @@ class DatasetRunner:
             on_nonfinite=self.on_nonfinite,
             lease_timeout=self.lease_timeout,
             allow_empty=self.allow_empty,
+            key_axis_layers=self.extractor.attention_keys,
         )
         for noisy in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
             logging.getLogger(noisy).setLevel(logging.WARNING)

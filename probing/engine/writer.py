@@ -62,6 +62,8 @@ class RunWriterCallback(BasePredictionWriter):
             write and the free space before the first batch; None prints nothing.
         on_nonfinite: what NaN/inf activations get at finalize (`RunWriter.finalize`).
         lease_timeout: seconds without a heartbeat after which the run's lease is stale.
+        key_axis_layers: layers whose last axis is a key axis (attention patterns, `probing.attention`): it is
+            sized to the run's longest example at set-up, and each batch's rows are padded to it with zeros.
     """
 
     def __init__(
@@ -83,8 +85,10 @@ class RunWriterCallback(BasePredictionWriter):
         on_nonfinite: str = "error",
         lease_timeout: float | None = None,
         allow_empty: bool = False,
+        key_axis_layers: Sequence[str] = (),
     ) -> None:
         super().__init__(write_interval="batch")
+        self.key_axis_layers = tuple(key_axis_layers)
         self.allow_empty = allow_empty
         self.on_nonfinite = on_nonfinite
         self.lease_timeout = lease_timeout
@@ -136,6 +140,11 @@ class RunWriterCallback(BasePredictionWriter):
             first = sum(totals[: dm.rank])
             row_starts = first + np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
             total_rows = int(sum(totals))
+        if self.key_axis_layers and dm.token_counts is not None:
+            tokens = dm.token_counts
+            longest = max(1, *collectives.all_gather(int(tokens.max()) if len(tokens) else 0))
+            for key in self.key_axis_layers:
+                self.layers[key] = (*self.layers[key][:-1], longest)
         layout = self.storage.layout(
             n, self.layers, ragged=dm.token_level is not None, total_rows=total_rows, row_fields=self.row_fields,
             example_columns=self.example_columns, row_columns=self.row_columns,
@@ -278,6 +287,8 @@ class RunWriterCallback(BasePredictionWriter):
         ids = prediction["example_ids"].cpu().numpy()
         counts = prediction["token_counts"].cpu().numpy()
         acts = {k: v.detach().float().cpu().numpy() for k, v in prediction["activations"].items()}
+        for key in self.key_axis_layers:
+            acts[key] = _pad_last_axis(acts[key], (self.layout.layers if self.layout else self.layers)[key][-1])
         meta: dict[str, Any] = {"example_ids": ids, "token_counts": counts, "columns": _carried(batch, "columns")}
         if prediction.get("row_counts") is not None:
             meta["row_counts"] = prediction["row_counts"].cpu().numpy()
@@ -469,3 +480,13 @@ def check_writers(storage: Storage, world: int) -> None:
             f"{type(storage).__name__} takes one writer at a time and this run has {world} processes; "
             "use the zarr storage (storage=zarr) for multi-process runs."
         )
+
+
+def _pad_last_axis(values: np.ndarray, size: int) -> np.ndarray:
+    """``values`` with its last axis zero-padded to ``size`` (a batch's keys -> the run's key axis)."""
+    short = size - values.shape[-1]
+    if short < 0:
+        raise ValueError(f"rows with {values.shape[-1]} keys do not fit the run's key axis of {size}")
+    if short == 0:
+        return values
+    return np.pad(values, [(0, 0)] * (values.ndim - 1) + [(0, short)])

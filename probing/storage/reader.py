@@ -256,6 +256,25 @@ class RunReader:
         offs = self.offsets
         return self._read(path, int(offs[example]), int(offs[example + 1]))
 
+    def attention(self, layer: int | str, example: int) -> np.ndarray:
+        """One example's attention probabilities ``[heads, queries, n]`` from an ``attn_pattern`` layer
+        (``layer`` = ``"attn_pattern.3"`` or the block index 3): ``n`` is the example's token count, keys in
+        example-local order; queries are the strategy's rows (all ``n`` tokens with ``keep_special=true``,
+        so ``[heads, n, n]``)."""
+        key = f"attn_pattern.{int(layer)}" if not isinstance(layer, str) or layer.lstrip("-").isdigit() else layer
+        n_blocks = self.metadata.get("num_blocks")
+        if key not in self.layers and n_blocks and key[13:].lstrip("-").isdigit():
+            key = f"attn_pattern.{int(key[13:]) % int(n_blocks)}"
+        if not key.startswith("attn_pattern.") or key not in self.layers:
+            patterns = [k for k in self.layers if k.startswith("attn_pattern.")]
+            raise LayerNotFoundError(
+                f"{layer!r} is not an attention-pattern layer of this run; stored patterns: {patterns or 'none'} "
+                "(request layers=[\"attn_pattern.3\"] with strategy=tokens)."
+            )
+        rows = self.rows_of(key, example)
+        n = int(self.example_metadata("token_counts")[example])
+        return np.ascontiguousarray(rows[:, :, :n].transpose(1, 0, 2))
+
     def iter_batches(self, layer: int | str, batch_size: int = 1024) -> Iterator[np.ndarray]:
         """Rows of a layer in order, ``batch_size`` at a time, never the whole layer in memory."""
         if batch_size < 1:
