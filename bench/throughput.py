@@ -14,7 +14,10 @@ everything as JSON.
     python bench/throughput.py [--n 2048] [--repeats 3] [--out bench/results/throughput.json]
     python bench/throughput.py --peers 5 --out bench/results/peers.json   # probing vs naive vs nnsight
 
-nnsight (``pip install 'probing[bench]'``) does the naive loop's work (all layers, masked mean, saved).
+nnsight and TransformerLens (``pip install 'probing[bench]'``) do the naive loop's work (all layers,
+masked mean, saved). TransformerLens 4's ``TransformerBridge`` wraps the Hugging Face model itself (raw HF
+weights, no LayerNorm folding) and forces eager attention; its row stops after the last block
+(``stop_at_layer``), so no MLM head is run, and its values equal eager ``output_hidden_states`` exactly.
 """
 
 from __future__ import annotations
@@ -217,6 +220,34 @@ def nnsight_runner(model: Any, plain: list[dict[str, torch.Tensor]], out: Path) 
     return run
 
 
+def transformer_lens_runner(
+    path: str, tokenizer: Any, plain: list[dict[str, torch.Tensor]], out: Path
+) -> Callable[[], None] | None:
+    """The naive loop's work through TransformerLens 4 (``TransformerBridge.run_with_cache``: the embeddings
+    and every block's output, masked mean, saved to disk), or None if it is not installed."""
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+    except ImportError:
+        return None
+    bridge = TransformerBridge.boot_transformers(path, tokenizer=tokenizer, device="cpu")
+    n_blocks = len(bridge.blocks)
+    names = ["embed_ln.hook_out"] + [f"blocks.{i}.hook_out" for i in range(n_blocks)]
+
+    def run() -> None:
+        pooled: list[list[np.ndarray]] = []
+        with torch.inference_mode():
+            for b in plain:
+                _, cache = bridge.run_with_cache(
+                    b["input_ids"], attention_mask=b["attention_mask"], token_type_ids=b.get("token_type_ids"),
+                    names_filter=names, return_type=None, stop_at_layer=n_blocks,
+                )  # fmt: skip
+                m = b["attention_mask"].unsqueeze(-1).float()
+                pooled.append([((cache[n] * m).sum(1) / m.sum(1)).numpy() for n in names])
+        np.save(out, np.stack([np.concatenate([o[i] for o in pooled]) for i in range(len(pooled[0]))]))
+
+    return run
+
+
 def peer_rounds(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
     """Each runner once per round, one after the other (after one warm-up of each): seconds per round."""
     for fn in fns.values():
@@ -312,9 +343,11 @@ def main() -> None:
 
     print("timing...", file=sys.stderr)
     if a.peers:
+        a.tmp_dir = tmp
         peers(a, texts, real_tokens, {"bare forward (dataset order)": lambda: bare(plain),
                                       "bare forward (length-sorted, probing's batching)": lambda: bare(by_length)},
-              lambda: probing_run("all"), naive, nnsight_runner(model, plain, Path(tmp) / "nnsight.npy"))
+              lambda: probing_run("all"), naive, nnsight_runner(model, plain, Path(tmp) / "nnsight.npy"),
+              transformer_lens_runner(backend.extra["resolved_path"], tok, plain, Path(tmp) / "tl.npy"))
         shutil.rmtree(tmp, ignore_errors=True)
         return
     row("bare forward, dataset order", lambda: bare(plain), "dataset", 1 if a.target_only else None)
@@ -356,6 +389,11 @@ def main() -> None:
         rows.append({"run": "nnsight", "note": "not installed (pip install 'probing[bench]'); skipped"})
     else:
         row("nnsight 0.8 trace: all layers saved + masked mean -> numpy", nn_run, "dataset")
+    tl_run = transformer_lens_runner(backend.extra["resolved_path"], tok, plain, Path(tmp) / "tl.npy")
+    if tl_run is None:
+        rows.append({"run": "TransformerLens", "note": "not installed (pip install 'probing[bench]'); skipped"})
+    else:
+        row("TransformerLens 4 bridge: run_with_cache all layers + masked mean -> numpy", tl_run, "dataset")
     cli: dict[str, Any] = {}
     if not a.skip_cli:
         data = Path(tmp) / "texts.jsonl"
@@ -417,12 +455,15 @@ def main() -> None:
 
 
 def peers(a: Any, texts: list[str], real_tokens: int, bare_fns: dict[str, Callable[[], Any]],
-          probing_fn: Callable[[], Any], naive_fn: Callable[[], Any], nnsight_fn: Callable[[], Any] | None) -> None:
+          probing_fn: Callable[[], Any], naive_fn: Callable[[], Any], nnsight_fn: Callable[[], Any] | None,
+          tl_fn: Callable[[], Any] | None = None) -> None:
     """The peer table: every runner once per round, ratios per round, medians over rounds."""
     fns: dict[str, Callable[[], Any]] = {**bare_fns, "probing DatasetRunner (all layers, mean, zarr)": probing_fn,
                                          "naive loop (output_hidden_states, mean, npy)": naive_fn}
     if nnsight_fn is not None:
         fns["nnsight 0.8 (trace, all layers saved, mean, npy)"] = nnsight_fn
+    if tl_fn is not None:
+        fns["TransformerLens 4 (bridge, run_with_cache, mean, npy)"] = tl_fn
     times = peer_rounds(fns, a.peers)
     probing_key = "probing DatasetRunner (all layers, mean, zarr)"
     load = os.getloadavg()
@@ -438,6 +479,14 @@ def peers(a: Any, texts: list[str], real_tokens: int, bare_fns: dict[str, Callab
         print(f"{k:<52}{med:>10.2f}{real_tokens / med:>10,.0f}{ratio:>30.3f}")
         result["rows"][k] = {"seconds": ts, "median_s": med, "tokens_per_s": real_tokens / med,
                              "probing_speedup_per_round": per_round, "probing_speedup_median": ratio}
+    saved = {name: Path(a.tmp_dir) / f"{name}.npy" for name in ("naive", "nnsight", "tl")}
+    if saved["naive"].exists():
+        ref = np.load(saved["naive"])
+        for name in ("nnsight", "tl"):
+            if saved[name].exists():
+                diff = float(np.abs(np.load(saved[name]) - ref).max())
+                result[f"{name}_max_abs_diff_vs_naive"] = diff
+                print(f"{name}: saved vectors differ from the naive loop's by at most {diff:.2e}")
     print("probing x: this runner's time / probing's time in the same round, median over rounds (> 1: probing is\n"
           "  faster). Against the length-sorted bare forward (the same batching as probing) it is the fraction\n"
           "  of the bare forward's speed that probing keeps; peers run in dataset order, as users write them.")
