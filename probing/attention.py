@@ -14,8 +14,8 @@ What is stored, and why:
   them. While an extractor with attention sites runs, the model is switched to eager attention
   (`eager_attention`) and switched back afterwards; hidden-state layers of the same run are then computed
   by eager attention too (the same function, up to float rounding). Eager attention materializes
-  ``batch x heads x T x T`` float scores per layer, so it costs memory and time against sdpa (not yet
-  measured in bench/).
+  ``batch x heads x T x T`` float scores per layer, so it costs memory and time against sdpa
+  (bench/attention_cost.py).
 """
 
 from __future__ import annotations
