@@ -41,6 +41,19 @@ def _keeper(wanted: frozenset[str]) -> tuple[dict[str, jax.Array], Keep]:
     return out, keep
 
 
+def _run_blocks(blocks: Any, x: jax.Array, depth: int, wanted: frozenset[str], keep: Keep, final: Any,
+                *args: Any) -> None:
+    """Blocks ``0..depth-1`` (each called as ``block(x, *args, keep, i)``), keeping every block's input and
+    output, the input of the first block not run, and ``final(x)`` (the final norm) after the last block."""
+    for i in range(depth):
+        keep(f"resid_pre.{i}", x)
+        x = blocks[i](x, *args, keep, i)
+        keep(f"resid_post.{i}", x)
+    keep(f"resid_pre.{depth}", x)  # the input of the first block not run (embeddings at depth 0)
+    if depth == len(blocks) and "final" in wanted:
+        keep("final", final(x))
+
+
 def _heads(x: jax.Array, n: int) -> jax.Array:
     return x.reshape(x.shape[0], x.shape[1], n, -1)
 
@@ -83,13 +96,7 @@ class Encoder(nnx.Module):
             x = x + self.token_type(jnp.zeros_like(ids) if token_types is None else token_types)
         x = self.ln(x + self.position(positions))
         allowed = padding_mask(mask)
-        for i in range(depth):
-            keep(f"resid_pre.{i}", x)
-            x = self.layers[i](x, allowed, keep, i)
-            keep(f"resid_post.{i}", x)
-        keep(f"resid_pre.{depth}", x)  # the input of the first block not run (embeddings at depth 0)
-        if depth == len(self.layers):
-            keep("final", x)
+        _run_blocks(self.layers, x, depth, wanted, keep, lambda h: h, allowed)  # no final norm: final = last block
         return out
 
 
@@ -128,13 +135,7 @@ class GPT2(nnx.Module):
         if token_types is not None:
             x = x + self.wte(token_types)
         allowed = causal_mask(mask)
-        for i in range(depth):
-            keep(f"resid_pre.{i}", x)
-            x = self.blocks[i](x, allowed, keep, i)
-            keep(f"resid_post.{i}", x)
-        keep(f"resid_pre.{depth}", x)  # the input of the first block not run (embeddings at depth 0)
-        if depth == len(self.blocks) and "final" in wanted:
-            keep("final", self.ln_f(x))
+        _run_blocks(self.blocks, x, depth, wanted, keep, self.ln_f, allowed)
         return out
 
 
@@ -176,11 +177,5 @@ class Llama(nnx.Module):
                  depth: int, wanted: frozenset[str]) -> dict[str, jax.Array]:  # fmt: skip
         out, keep = _keeper(wanted)
         x = self.embed(ids)
-        for i in range(depth):
-            keep(f"resid_pre.{i}", x)
-            x = self.blocks[i](x, mask, positions, keep, i)
-            keep(f"resid_post.{i}", x)
-        keep(f"resid_pre.{depth}", x)  # the input of the first block not run (embeddings at depth 0)
-        if depth == len(self.blocks) and "final" in wanted:
-            keep("final", self.norm(x))
+        _run_blocks(self.blocks, x, depth, wanted, keep, self.norm, mask, positions)
         return out
