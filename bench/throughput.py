@@ -13,6 +13,12 @@ everything as JSON.
 
     python bench/throughput.py [--n 2048] [--repeats 3] [--out bench/results/throughput.json]
     python bench/throughput.py --peers 5 --out bench/results/peers.json   # probing vs naive vs nnsight
+    python bench/throughput.py --peers 5 --jax --out bench/results/jax.json  # + model.backend=jax rows
+
+``--jax`` (the ``probing[jax]`` extra) adds to the peer table the same `DatasetRunner` job with
+``model.backend=jax`` (the flax nnx port, jitted per shape bucket, the compiles counted; the first pass
+of the warm-up round compiles) and the bare jitted JAX forward on the same bucketed batches, and checks
+the JAX run's stored vectors against the torch run's.
 
 nnsight and TransformerLens (``pip install 'probing[bench]'``) do the naive loop's work (all layers,
 masked mean, saved). TransformerLens 4's ``TransformerBridge`` wraps the Hugging Face model itself (raw HF
@@ -248,6 +254,37 @@ def transformer_lens_runner(
     return run
 
 
+JAX_ROW = "probing DatasetRunner, model.backend=jax (all layers, mean, zarr)"
+
+
+def jax_bare(jax_backend: Any, texts: list[str], tokenizer: Any) -> Callable[[], None]:
+    """The jitted JAX forward alone (every block's output kept on the device, no pooling, nothing saved) on
+    the batches probing makes: length-sorted, batch 32, padded to the shape buckets `JaxForward` uses."""
+    from probing.jax.forward import _Compiled, batch_bucket, length_bucket
+
+    lengths = [len(x) for x in tokenizer(texts, truncation=True, max_length=128)["input_ids"]]
+    order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+    padded = []
+    for s in range(0, len(order), 32):
+        b = tokenizer([texts[i] for i in order[s : s + 32]], padding=True, truncation=True, max_length=128,
+                      return_tensors="np")
+        rows, length = b["input_ids"].shape
+        shape = (batch_bucket(rows), length_bucket(length))
+        ids, mask = np.zeros(shape, dtype=np.int32), np.zeros(shape, dtype=np.int32)
+        ids[:rows, :length], mask[:rows, :length] = b["input_ids"], b["attention_mask"]
+        positions = np.broadcast_to(np.arange(shape[1], dtype=np.int32), shape).copy()
+        padded.append((ids, mask, positions))
+    n_blocks = len(jax_backend.model.encoder.layer)
+    forward = _Compiled(jax_backend.jax_model, n_blocks, frozenset(f"resid_post.{i}" for i in range(n_blocks)))
+
+    def run() -> None:
+        for ids, mask, positions in padded:
+            for v in forward(ids, mask, positions, None).values():
+                v.block_until_ready()
+
+    return run
+
+
 def peer_rounds(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
     """Each runner once per round, one after the other (after one warm-up of each): seconds per round."""
     for fn in fns.values():
@@ -288,6 +325,7 @@ def main() -> None:
     ap.add_argument("--skip-cli", action="store_true")
     ap.add_argument("--peers", type=int, default=0, metavar="ROUNDS",
                     help="only the peer table: bare forward, probing, the naive loop and nnsight, ROUNDS rounds")
+    ap.add_argument("--jax", action="store_true", help="with --peers: add the model.backend=jax rows")
     a = ap.parse_args()
     torch.set_num_threads(2)
     from probing import ActivationExtractor, DatasetRunner, MeanStrategy, ModelBackend, ZarrStorage
@@ -331,23 +369,30 @@ def main() -> None:
     last_path: dict[str, str] = {}
     phases = Phases()
 
-    def probing_run(layers: Any, bucketing: bool = True, precision: str = "32-true", early_stop: bool = True) -> None:
+    def probing_run(layers: Any, bucketing: bool = True, precision: str = "32-true", early_stop: bool = True,
+                    on: Any = None) -> None:
         run_no[0] += 1
-        extractor = ActivationExtractor(backend, layers=layers, strategy=MeanStrategy(), early_stop=early_stop)
+        extractor = ActivationExtractor(on or backend, layers=layers, strategy=MeanStrategy(), early_stop=early_stop)
         phases.start()
         result = DatasetRunner(texts, 32, extractor, ZarrStorage(f"{tmp}/runs"), run_id=f"r{run_no[0]}",
                                max_length=128, bucketing=bucketing, progress=False,
                                trainer={"precision": precision}).run()
         phases.stop()
-        last_path[precision] = result.path
+        last_path["jax" if on is not None else precision] = result.path
 
     print("timing...", file=sys.stderr)
     if a.peers:
         a.tmp_dir = tmp
+        jax_fns: dict[str, Callable[[], Any]] = {}
+        if a.jax:
+            jax_backend = ModelBackend(framework="jax").load_model(MODEL)
+            jax_fns = {JAX_ROW: lambda: probing_run("all", on=jax_backend),
+                       "bare JAX forward (jitted, probing's bucketed batches)": jax_bare(jax_backend, texts, tok)}
         peers(a, texts, real_tokens, {"bare forward (dataset order)": lambda: bare(plain),
                                       "bare forward (length-sorted, probing's batching)": lambda: bare(by_length)},
               lambda: probing_run("all"), naive, nnsight_runner(model, plain, Path(tmp) / "nnsight.npy"),
-              transformer_lens_runner(backend.extra["resolved_path"], tok, plain, Path(tmp) / "tl.npy"))
+              transformer_lens_runner(backend.extra["resolved_path"], tok, plain, Path(tmp) / "tl.npy"),
+              jax_fns, last_path)
         shutil.rmtree(tmp, ignore_errors=True)
         return
     row("bare forward, dataset order", lambda: bare(plain), "dataset", 1 if a.target_only else None)
@@ -456,10 +501,11 @@ def main() -> None:
 
 def peers(a: Any, texts: list[str], real_tokens: int, bare_fns: dict[str, Callable[[], Any]],
           probing_fn: Callable[[], Any], naive_fn: Callable[[], Any], nnsight_fn: Callable[[], Any] | None,
-          tl_fn: Callable[[], Any] | None = None) -> None:
+          tl_fn: Callable[[], Any] | None = None, jax_fns: dict[str, Callable[[], Any]] | None = None,
+          last_path: dict[str, str] | None = None) -> None:
     """The peer table: every runner once per round, ratios per round, medians over rounds."""
     fns: dict[str, Callable[[], Any]] = {**bare_fns, "probing DatasetRunner (all layers, mean, zarr)": probing_fn,
-                                         "naive loop (output_hidden_states, mean, npy)": naive_fn}
+                                         "naive loop (output_hidden_states, mean, npy)": naive_fn, **(jax_fns or {})}
     if nnsight_fn is not None:
         fns["nnsight 0.8 (trace, all layers saved, mean, npy)"] = nnsight_fn
     if tl_fn is not None:
@@ -487,6 +533,21 @@ def peers(a: Any, texts: list[str], real_tokens: int, bare_fns: dict[str, Callab
                 diff = float(np.abs(np.load(saved[name]) - ref).max())
                 result[f"{name}_max_abs_diff_vs_naive"] = diff
                 print(f"{name}: saved vectors differ from the naive loop's by at most {diff:.2e}")
+    if jax_fns and last_path and "jax" in last_path:
+        import zarr
+
+        from probing import open_run
+
+        torch_run, jax_run = open_run(last_path["32-true"]), open_run(last_path["jax"])
+        diff = max(float(np.abs(torch_run.activations(k) - jax_run.activations(k)).max()) for k in torch_run.layers)
+        stats = dict(zarr.open_group(last_path["jax"], mode="r").attrs["probing"])["stats"]
+        compiles = next(iter(stats["parts"].values())).get("jax_compiles", stats.get("total", {}).get("jax_compiles"))
+        jax_ratio = result["rows"][JAX_ROW]["probing_speedup_median"]
+        result.update({"jax_max_abs_diff_vs_torch": diff, "jax_compiles_last_run": compiles,
+                       "jax_x_torch_median": 1 / jax_ratio})
+        print(f"JAX run: stored vectors differ from the torch run's by at most {diff:.2e}; "
+              f"{compiles} compiles in its last pass (XLA caches them within the process); "
+              f"JAX speed x torch (median of rounds): {1 / jax_ratio:.3f}")
     print("probing x: this runner's time / probing's time in the same round, median over rounds (> 1: probing is\n"
           "  faster). Against the length-sorted bare forward (the same batching as probing) it is the fraction\n"
           "  of the bare forward's speed that probing keeps; peers run in dataset order, as users write them.")

@@ -245,6 +245,7 @@ def run_job(cfg: Any, overrides: list[str] | None = None) -> Any:
         revision=job.model.revision,
         padding_side=job.model.padding_side,
         gguf_file=job.model.gguf_file,
+        device_map=config["model"].get("device_map"),
     )
     d = job.data
 

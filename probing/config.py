@@ -49,6 +49,10 @@ class ModelConfig:
     gguf_file: str | None = None
     #: the framework that runs the forward pass: torch, or jax (the optional extra: pip install -e ".[jax]")
     backend: str = "torch"
+    #: spread the weights over devices with accelerate (pip install 'probing[big]'): auto, balanced,
+    #: sequential, one device (cuda:1), or a dict of module name -> device. One process per node then
+    #: (trainer.devices=1; data parallel across nodes with trainer.num_nodes); see probing/placement.py
+    device_map: Any = None
 
     def __post_init__(self) -> None:
         _one_of("model.dtype", self.dtype, MODEL_DTYPES)

@@ -262,6 +262,19 @@ def check_accelerator(accelerator: Any, devices: Any = None) -> None:
         raise ConfigError(f"trainer.devices={devices} asks for {want} GPUs; this machine has {have}.")
 
 
+def check_placement(device_map: Any, devices: Any) -> None:
+    """A model spread over devices (``model.device_map``) is one process per node: refuse more devices per node."""
+    if device_map is None:
+        return
+    per_node = len(devices) if isinstance(devices, (list, tuple)) else devices if isinstance(devices, int) else 1
+    if per_node != 1:
+        raise ConfigError(
+            f"model.device_map={device_map!r} spreads one copy of the model over the devices of a node, so it runs "
+            f"one process per node; got trainer.devices={devices!r}. Set trainer.devices=1 (and trainer.num_nodes=N "
+            "for data parallel across N nodes), or drop model.device_map for one model copy per GPU."
+        )
+
+
 def world_size(trainer: Any) -> int:
     devices = trainer.devices
     n = len(devices) if isinstance(devices, (list, tuple)) else devices if isinstance(devices, int) else 1
@@ -275,6 +288,7 @@ def check_job(job: Any, output_dir: str) -> Plan:
     check_layers(job.layers, facts)
     check_strategy(job.strategy._target_, facts, job.data.words_field)
     check_output(output_dir, job.storage, world_size(job.trainer))
+    check_placement(job.model.device_map, job.trainer.devices)
     if job.run_id:  # a named run another job is writing: refused now, not after the model loaded
         from probing.storage.lease import refuse_if_held
 

@@ -62,6 +62,7 @@ BAD_INPUTS = [  # (overrides, what the one error line says); every one is refuse
     (["data=generated", "+strategy=words"], "needs pre-split input"),
     (["model.name_or_path=./no/such/folder"], "does not exist"),
     (["output_dir={jsonl}"], "is a file, not a folder"),
+    (["model.device_map=auto", "trainer=ddp"], "one process per node"),
 ]
 
 

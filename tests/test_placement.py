@@ -48,6 +48,55 @@ def test_device_map_auto_on_cpu_gives_the_same_activations(llama):
         np.testing.assert_array_equal(a[key], b[key])
 
 
+def test_the_cli_takes_model_device_map_and_stores_it_with_the_run(llama, tmp_path):
+    from cli_helpers import cli, run_path
+
+    from probing import open_run
+
+    folder = llama[0]
+    args = (f"model.name_or_path={folder}", "data=generated", "data.limit=6", "layers=[0,final]", "progress=false")
+    placed = cli(*args, "model.device_map=auto", "run_id=placed", cwd=tmp_path)
+    assert placed.returncode == 0, placed.stderr[-3000:]
+    plain = cli(*args, "run_id=plain", cwd=tmp_path)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    a, b = (open_run(tmp_path / run_path(p.stdout)) for p in (placed, plain))
+    assert a.metadata["config"]["model"]["device_map"] == "auto"
+    for key in b.layers:
+        np.testing.assert_array_equal(a.activations(key), b.activations(key))
+
+
+def test_a_model_spread_over_devices_is_not_moved_by_lightning(llama, tmp_path):
+    """A model accelerate spread over several devices stays where it was placed: `ExtractionModule` holds it
+    unregistered, so Lightning's ``.to(root_device)`` cannot gather its blocks, and the run is unchanged.
+    (Here both "devices" are the CPU; a real split over GPUs needs a GPU machine: bench/gpu_check.sh.)"""
+    from probing import DatasetRunner, MeanStrategy, ZarrStorage
+    from probing.engine.module import ExtractionModule
+    from probing.placement import is_spread
+
+    folder = llama[0]
+    spread = ModelBackend().load_model(folder)
+    spread.extra["device_map"] = {"model.embed_tokens": "cpu", "model.layers.0": 0, "model.layers.1": "cpu"}
+    assert is_spread(spread.extra["device_map"])
+    module = ExtractionModule(ActivationExtractor(spread, layers=["all"]))
+    assert list(module.parameters()) == []  # nothing for Lightning to move
+    module.to(torch.float64)
+    assert next(spread.model.parameters()).dtype == torch.float32
+    texts = ["the cat sat on the mat", "a dog ran", "birds sing in the morning light"]
+    runs = [
+        DatasetRunner(texts, 2, ActivationExtractor(b, layers=["all"], strategy=MeanStrategy()),
+                      ZarrStorage(tmp_path), run_id=name, progress=False).run()
+        for b, name in ((spread, "spread"), (ModelBackend().load_model(folder), "plain"))
+    ]  # fmt: skip
+    from probing import open_run
+
+    a, b = (open_run(r.path) for r in runs)
+    for key in b.layers:
+        np.testing.assert_array_equal(a.activations(key), b.activations(key))
+    with pytest.raises(ConfigError, match="one process per node"):
+        DatasetRunner(texts, 2, ActivationExtractor(spread, layers=["all"]), ZarrStorage(tmp_path),
+                      trainer={"accelerator": "cpu", "devices": 2, "strategy": "ddp"}, progress=False)
+
+
 def test_placement_on_meta_spreads_whole_blocks(llama):
     from probing.hooks import meta_model
     from probing.placement import plan_device_map

@@ -19,8 +19,15 @@ class ExtractionModule(pl.LightningModule):
 
     def __init__(self, extractor: ActivationExtractor) -> None:
         super().__init__()
+        from probing.placement import is_spread
+
         self.extractor = extractor
-        self.model = extractor.model  # registered as a submodule: Lightning moves it to the device
+        if is_spread(extractor.backend.extra.get("device_map")):
+            # accelerate placed the blocks on several devices and moves activations between them; a registered
+            # submodule would be gathered onto Lightning's root device, so it is held in a plain list instead
+            self.placed_model = [extractor.model]
+        else:
+            self.model = extractor.model  # registered as a submodule: Lightning moves it to the device
         # a rank may have nothing to do (N < world size, or a resume that left it nothing)
         self.allow_zero_length_dataloader_with_multiple_devices = True
 

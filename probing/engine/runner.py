@@ -206,6 +206,13 @@ class DatasetRunner:
         self.num_workers = num_workers
         self.resume = resume
         self.trainer_kwargs = {**_trainer_defaults(extractor), **(trainer or {})}
+        device_map = extractor.backend.extra.get("device_map")
+        if device_map:
+            from probing.preflight import check_placement
+
+            check_placement(device_map, self.trainer_kwargs.get("devices", 1))
+            # the weights are placed already: Lightning's root device (where batches go) is the model's input device
+            self.trainer_kwargs.update(_trainer_defaults(extractor))
         if progress not in ("auto", True, False):
             raise ConfigError(f"progress={progress!r}: expected 'auto', True or False.")
         self.progress = progress

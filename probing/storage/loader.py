@@ -13,17 +13,19 @@ chunks in a random order* and shuffles rows inside a bounded buffer:
    every whole batch; the fewer than ``batch_size`` rows left over stay in the buffer for the next
    window (the last batch of an epoch may be short, or dropped with ``drop_last``).
 
-Reading: ``read_ahead`` units (default 8) are read by background threads straight into free slots of
-the buffer while the current window is mixed, so the disk keeps busy. A unit of an uncompressed local
+Reading: ``read_ahead`` units (default: ``buffer_chunks``, i.e. the whole next window) are read by up to
+8 background threads straight into free slots of the buffer while the current window is mixed, so the
+disk never waits for the mixing and the mixing only waits for the disk (double buffering; with fewer
+slots ahead, most of the next window is read only after the current one is done). A unit of an uncompressed local
 Zarr array (how probing stores activations by default) is read from its chunk file with one ``preadv``
 and its crc32c checked in place (`probing.storage.chunk_files`); other arrays (compressed, sharded,
 remote, HDF5) are read through their store and copied into the slot. Batches are gathered from the
 buffer (one copy) and converted to ``dtype`` by torch.
 
 Memory, per consumer: the buffer, ``(buffer_chunks + read_ahead) x unit_rows + batch_size`` rows of the
-stored dtype, plus the batch being gathered and the one handed out. With the defaults (32 + 8 units of at
-most 2 MiB) that is at most about 82 MiB per consumer (a DataLoader worker is one);
-`RunLoader.buffer_bytes` gives it.
+stored dtype, plus the batch being gathered and the one handed out. With the defaults (32 + 32 units of at
+most 2 MiB) that is at most about 130 MiB per consumer (a DataLoader worker is one);
+`RunLoader.buffer_bytes` gives it. ``read_ahead=8`` halves it (and costs about a third of the speed here).
 
 Shuffle quality: each batch is a uniform sample without replacement of the rows in the buffer, so it
 draws on ``K = buffer_chunks`` units; with ``n`` rows per unit and batch size ``B``, the expected
@@ -35,7 +37,9 @@ Without ``shuffle``, each consumer takes a contiguous run of units and yields ro
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -87,7 +91,8 @@ class RunLoader(IterableDataset[Any]):
         return_index: yield ``(rows, row_index)`` with each row's position in the layer (int64): the
             key to per-row metadata (``reader.row_metadata``) and to labels.
         read_ahead: units read by background threads (at most 8 at once) into their own slots while the
-            current window is mixed (the disk keeps busy; that many units more in memory).
+            current window is mixed (the disk keeps busy; that many units more in memory); default
+            ``buffer_chunks``: the next window is read while this one is mixed.
     """
 
     def __init__(
@@ -104,7 +109,7 @@ class RunLoader(IterableDataset[Any]):
         drop_last: bool = False,
         dtype: torch.dtype | None = torch.float32,
         return_index: bool = False,
-        read_ahead: int = 8,
+        read_ahead: int | None = None,
     ) -> None:
         from probing.storage.base import open_run
 
@@ -118,13 +123,17 @@ class RunLoader(IterableDataset[Any]):
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
             raise ConfigError(f"rank {self.rank} of world_size {self.world_size}: expected 0 <= rank < world_size.")
         self.path = path
-        with open_run(path) as reader:  # a partial run is refused here, with what to do
-            self.key = reader.layer_key(layer)
-            array = layer_path(self.key)
-            shape = reader.store.shape(array)
-            self.unit_rows = max(1, int(reader.store.write_rows(array)))
-            self.row_shape = tuple(int(s) for s in shape[1:])
-            self.stored_dtype = np.dtype(reader.store.read(array, 0, 0).dtype)
+        reader = open_run(path)  # a partial run is refused here, with what to do
+        self.key = reader.layer_key(layer)
+        array = layer_path(self.key)
+        shape = reader.store.shape(array)
+        self.unit_rows = max(1, int(reader.store.write_rows(array)))
+        self.row_shape = tuple(int(s) for s in shape[1:])
+        self.stored_dtype = np.dtype(reader.store.read(array, 0, 0).dtype)
+        # kept for a pass in this process (opening a run reads and checks its metadata: ~0.2 s here); a
+        # DataLoader worker or another process gets a pickled copy without it and opens its own
+        self._reader: Any = reader
+        self._reader_pid = os.getpid()
         self.total_rows = int(shape[0])
         self.n_units = -(-self.total_rows // self.unit_rows)
         self.batch_size = int(batch_size)
@@ -135,8 +144,20 @@ class RunLoader(IterableDataset[Any]):
         self.drop_last = drop_last
         self.dtype = dtype
         self.return_index = return_index
-        self.read_ahead = max(1, int(read_ahead))
+        self.read_ahead = self.buffer_chunks if read_ahead is None else max(1, int(read_ahead))
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_reader"] = None  # open files are not pickled: the worker opens the run itself
+        return state
+
+    def _open(self) -> Any:
+        """The reader opened in ``__init__`` when in the same process, else a new one (closed after the pass)."""
+        from probing.storage.base import open_run
+
+        if self._reader is not None and self._reader_pid == os.getpid():
+            return contextlib.nullcontext(self._reader)
+        return open_run(self.path)
     # -- the plan ----------------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
         """Use the permutation of epoch ``epoch`` (as ``DistributedSampler.set_epoch``; call before iterating)."""
@@ -164,7 +185,6 @@ class RunLoader(IterableDataset[Any]):
 
     # -- reading -----------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Any]:
-        from probing.storage.base import open_run
         from probing.storage.chunk_files import ChunkFiles
 
         consumer, consumers = self._consumer()
@@ -178,7 +198,7 @@ class RunLoader(IterableDataset[Any]):
         pool = np.empty((carry_at + B, *self.row_shape), dtype=self.stored_dtype)
         index = np.empty(carry_at + B, dtype=np.int64)
         array = layer_path(self.key)
-        with open_run(self.path) as reader, ThreadPoolExecutor(min(8, self.read_ahead)) as io:
+        with self._open() as reader, ThreadPoolExecutor(min(8, self.read_ahead)) as io:
             files = ChunkFiles.of(reader.store, array, str(self.path)) if self.unit_rows == reader.store.chunk_rows(
                 array) else None
             if files is None:  # through the store: its chunk listing once (a missing chunk is damage), not in threads
