@@ -22,6 +22,11 @@ and its crc32c checked in place (`probing.storage.chunk_files`); other arrays (c
 remote, HDF5) are read through their store and copied into the slot. Batches are gathered from the
 buffer (one copy) and converted to ``dtype`` by torch.
 
+Workers: the loader reads with its own threads and hands out whole batches, so ``num_workers=0`` is its
+fast path. A DataLoader worker sends each batch through shared memory, which cost about 10 ms per 12 MB
+batch on the development VM (one worker: about half the in-process speed; docs/storage.md); use workers
+when the training step needs the main process's CPU, not for read speed.
+
 Memory, per consumer: the buffer, ``(buffer_chunks + read_ahead) x unit_rows + batch_size`` rows of the
 stored dtype, plus the batch being gathered and the one handed out. With the defaults (32 + 32 units of at
 most 2 MiB) that is at most about 130 MiB per consumer (a DataLoader worker is one);
@@ -236,7 +241,7 @@ class RunLoader(IterableDataset[Any]):
                 whole = len(order) // B
                 for i in range(whole):
                     pick = order[i * B : (i + 1) * B]
-                    yield self._batch(pool[pick], index[pick])
+                    yield self._batch(pool, pick, index)
                 rest = order[whole * B :]
                 pool[carry_at : carry_at + len(rest)] = pool[rest]  # a gather: a copy first, then the assignment
                 index[carry_at : carry_at + len(rest)] = index[rest]
@@ -244,17 +249,26 @@ class RunLoader(IterableDataset[Any]):
                 free.extend(slot for slot, _ in window)
                 submit()
         if fill and not self.drop_last:
-            yield self._batch(pool[carry_at : carry_at + fill].copy(), index[carry_at : carry_at + fill].copy())
+            yield self._batch(pool, np.arange(carry_at, carry_at + fill), index)
 
-    def _batch(self, rows: np.ndarray, index: np.ndarray) -> Any:
-        t = torch.from_numpy(rows)
-        if self.dtype is not None and t.dtype != self.dtype:
-            # converted by torch (about 10x numpy's float16 astype) into numpy memory: a batch stays
-            # numpy-backed, which DataLoader workers hand over without growing (torch-allocated batches
-            # from workers grew a worker's RSS to ~2 GB over a 2 GB run in bench/readback.py)
-            out = np.empty(rows.shape, dtype=torch.empty(0, dtype=self.dtype).numpy().dtype)
-            t = torch.from_numpy(out).copy_(t)
-        return (t, torch.from_numpy(index)) if self.return_index else t
+    def _batch(self, pool: np.ndarray, pick: np.ndarray, index: np.ndarray) -> Any:
+        """Rows ``pick`` of the buffer gathered into the batch's own numpy memory, in ``dtype``.
+
+        Numpy memory: a DataLoader worker's torch-allocated batches grew its RSS to ~2 GB over a 2 GB run in
+        bench/readback.py. (Gathering straight into shared memory in a worker, to save the copy torch makes
+        when it sends a batch, was measured no faster: the hand-over itself costs ~10 ms per 12 MB batch.)
+        A float16 -> float32 conversion is done by torch (~10x numpy's astype).
+        """
+        stored = torch.from_numpy(pool[:0]).dtype
+        out_dtype = stored if self.dtype is None else self.dtype
+        shape = (len(pick), *self.row_shape)
+        out = torch.from_numpy(np.empty(shape, dtype=torch.empty(0, dtype=out_dtype).numpy().dtype))
+        if out_dtype == stored:
+            np.take(pool, pick, axis=0, out=out.numpy(), mode="clip")  # clip: no buffering; picks are in range
+        else:
+            out.copy_(torch.from_numpy(pool[pick]))
+        rows_index = torch.from_numpy(index[pick])
+        return (out, rows_index) if self.return_index else out
 
     def __len__(self) -> int:
         """Batches this rank yields in total over its workers when run without DataLoader workers (an
