@@ -541,12 +541,13 @@ def peers(a: Any, texts: list[str], real_tokens: int, bare_fns: dict[str, Callab
         torch_run, jax_run = open_run(last_path["32-true"]), open_run(last_path["jax"])
         diff = max(float(np.abs(torch_run.activations(k) - jax_run.activations(k)).max()) for k in torch_run.layers)
         stats = dict(zarr.open_group(last_path["jax"], mode="r").attrs["probing"])["stats"]
-        compiles = next(iter(stats["parts"].values())).get("jax_compiles", stats.get("total", {}).get("jax_compiles"))
+        compiles = stats.get("jax_compiles")
         jax_ratio = result["rows"][JAX_ROW]["probing_speedup_median"]
         result.update({"jax_max_abs_diff_vs_torch": diff, "jax_compiles_last_run": compiles,
                        "jax_x_torch_median": 1 / jax_ratio})
         print(f"JAX run: stored vectors differ from the torch run's by at most {diff:.2e}; "
-              f"{compiles} compiles in its last pass (XLA caches them within the process); "
+              f"{compiles} compile(s) in its last pass (XLA caches them within the process: the warm-up pass compiled "
+              f"each shape bucket once); "
               f"JAX speed x torch (median of rounds): {1 / jax_ratio:.3f}")
     print("probing x: this runner's time / probing's time in the same round, median over rounds (> 1: probing is\n"
           "  faster). Against the length-sorted bare forward (the same batching as probing) it is the fraction\n"
