@@ -30,7 +30,7 @@ when the training step needs the main process's CPU, not for read speed.
 Memory, per consumer: the buffer, ``(buffer_chunks + read_ahead) x unit_rows + batch_size`` rows of the
 stored dtype, plus the batch being gathered and the one handed out. With the defaults (32 + 32 units of at
 most 2 MiB) that is at most about 130 MiB per consumer (a DataLoader worker is one);
-`RunLoader.buffer_bytes` gives it. ``read_ahead=8`` halves it (and costs about a third of the speed here).
+`RunLoader.buffer_bytes` gives it. ``read_ahead=8`` takes about half (and read 14-15% slower in one measurement here).
 
 Shuffle quality: each batch is a uniform sample without replacement of the rows in the buffer, so it
 draws on ``K = buffer_chunks`` units; with ``n`` rows per unit and batch size ``B``, the expected
@@ -157,12 +157,14 @@ class RunLoader(IterableDataset[Any]):
         return state
 
     def _open(self) -> Any:
-        """The reader opened in ``__init__`` when in the same process, else a new one (closed after the pass)."""
+        """The reader opened in ``__init__`` when in the same process (kept open for the next pass), else a new
+        one, closed after the pass."""
         from probing.storage.base import open_run
 
         if self._reader is not None and self._reader_pid == os.getpid():
             return contextlib.nullcontext(self._reader)
         return open_run(self.path)
+
     # -- the plan ----------------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
         """Use the permutation of epoch ``epoch`` (as ``DistributedSampler.set_epoch``; call before iterating)."""
