@@ -274,7 +274,9 @@ def jax_bare(jax_backend: Any, texts: list[str], tokenizer: Any) -> Callable[[],
         ids[:rows, :length], mask[:rows, :length] = b["input_ids"], b["attention_mask"]
         positions = np.broadcast_to(np.arange(shape[1], dtype=np.int32), shape).copy()
         padded.append((ids, mask, positions))
-    n_blocks = len(jax_backend.model.encoder.layer)
+    from probing.layers import find_block_list
+
+    n_blocks = len(find_block_list(jax_backend.model)[1])
     forward = _Compiled(jax_backend.jax_model, n_blocks, frozenset(f"resid_post.{i}" for i in range(n_blocks)))
 
     def run() -> None:

@@ -99,23 +99,15 @@ def check_quantization(config: Any, name: str) -> None:
         )
 
 
-def placed_devices(device_map: Mapping[str, Any] | None) -> list[str]:
-    """The distinct devices of a loaded model's ``hf_device_map`` (GPU indices written ``cuda:i``), in order."""
-    out: list[str] = []
-    for place in (device_map or {}).values():
-        name = f"cuda:{place}" if isinstance(place, int) and not isinstance(place, bool) else str(place)
-        if name not in out:
-            out.append(name)
-    return out
-
-
 def is_spread(device_map: Mapping[str, Any] | None) -> bool:
     """True when accelerate put the model's modules on more than one device.
 
     Such a model must not be moved by Lightning (``.to(root_device)`` would gather every block on one
     device): `ExtractionModule` then keeps it unregistered and Lightning only moves the batches.
     """
-    return len(placed_devices(device_map)) > 1
+    values = (device_map or {}).values()
+    places = {f"cuda:{p}" if isinstance(p, int) and not isinstance(p, bool) else str(p) for p in values}
+    return len(places) > 1
 
 
 def input_device(model: torch.nn.Module) -> torch.device:

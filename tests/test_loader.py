@@ -75,7 +75,7 @@ def test_ranks_times_workers_see_every_row_exactly_once(token_run: tuple[str, in
 @pytest.mark.parametrize("dtype", [torch.float32, None])
 def test_worker_batches_equal_the_same_consumers_in_process(tmp_path, dtype) -> None:
     """DataLoader worker ``w`` of 2 is consumer ``w`` of 2, as rank ``w`` of 2 is in-process: the same batches,
-    values and index alike, whether gathered into shared memory (workers) or numpy memory (in-process)."""
+    values and index alike, whether they come through a worker (sent to this process in shared memory) or not."""
     path, _ = plant_token_run(str(tmp_path), n=80, dtype="float16")
 
     def key(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[bytes, bytes]:
@@ -85,7 +85,7 @@ def test_worker_batches_equal_the_same_consumers_in_process(tmp_path, dtype) -> 
         kw = {"batch_size": 9, "seed": 5, "buffer_chunks": 2, "dtype": dtype, "return_index": True}
         in_process = [key(b) for rank in range(2) for b in r.loader("x", rank=rank, world_size=2, **kw)]
         from_workers = list(r.loader("x", **kw).dataloader(num_workers=2))
-    assert all(rows.is_shared() for rows, _ in from_workers)  # reached this process without another copy
+    assert all(rows.is_shared() for rows, _ in from_workers)  # they did come from the worker processes
     assert {rows.dtype for rows, _ in from_workers} == {dtype or torch.float16}
     assert sorted(map(key, from_workers)) == sorted(in_process)
 
